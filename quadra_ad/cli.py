@@ -1,0 +1,58 @@
+"""The ``quadra-ad`` command: compose the Hydra config, then hand it to :func:`quadra_ad.run.run`.
+
+Everything heavy (torch, anomalib, mlflow) is imported inside the task, after Hydra has parsed
+the command line, so ``--help``, ``--cfg job`` and ``--info`` stay fast.
+"""
+
+import os
+import sys
+from typing import NoReturn
+
+import hydra
+from omegaconf import DictConfig
+
+from quadra_ad.config.experiment_source import register_experiment_sources
+from quadra_ad.config.locations import config_dir
+from quadra_ad.config.preflight import check_group_choices, group_options
+from quadra_ad.config.resolvers import register_resolvers
+from quadra_ad.errors import QuadraADError
+
+
+def _fail(error: QuadraADError) -> NoReturn:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    print(f"quadra-ad: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def _hydra_entry(cfg: DictConfig) -> None:
+    from quadra_ad.run import run  # deferred: pulls in torch and anomalib
+
+    try:
+        run(cfg)
+    except QuadraADError as error:
+        _fail(error)
+
+
+def _print_group(group: str) -> None:
+    options = group_options(group)
+    if not options:
+        print(f"quadra-ad: error: no config group named '{group}'", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(options))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    args = sys.argv[1:]
+    if args[:1] == ["--list"]:
+        _print_group(args[1] if len(args) > 1 else "experiment")
+        return
+    try:
+        check_group_choices(args)
+    except QuadraADError as error:
+        _fail(error)
+    register_experiment_sources()
+    register_resolvers()
+    _hydra_entry()

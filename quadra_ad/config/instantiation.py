@@ -1,0 +1,49 @@
+"""``hydra.utils.instantiate`` with errors a user can act on.
+
+Every object in a run is built from a config node (``datamodule``, ``model``, ``trainer`` …).
+When that fails because of the config, the error names the key at fault, in one line.
+"""
+
+import logging
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from quadra_ad.errors import ConfigError, QuadraADError
+
+log = logging.getLogger(__name__)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """Instantiate ``cfg.<key>``; raise ConfigError naming ``key`` when the config is at fault."""
+    node = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if node is None:
+        raise ConfigError(f"'{key}' is not in the config: add a '{key}' section or pick a config group for it")
+    missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
+    if missing:
+        first = f"{key}.{missing[0]}"
+        raise ConfigError(f"{first} is not set: add {first}=<value> to the command line or the experiment file")
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if target:
+        log.info("Instantiating %s <%s>", key, target)
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = _root_cause(error)
+        if isinstance(cause, QuadraADError):
+            raise cause from None
+        if "Error locating target" in str(error) or isinstance(cause, ImportError):
+            raise ConfigError(
+                f"{key}._target_: cannot import '{target}'; check the spelling of the class path"
+            ) from error
+        if isinstance(cause, TypeError) and "argument" in str(cause):
+            raise ConfigError(f"{key}: {cause} (check the keys under '{key}')") from error
+        raise

@@ -1,0 +1,117 @@
+"""AnomalyDataModule: an MVTec-style folder as Lightning dataloaders.
+
+Train on ``train/good``; validate (thresholds, normalisation stats) and test on the labelled
+test images, as Quadra does; predict ``test/unknown`` without scoring it.
+"""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from anomalib.data import ImageBatch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from quadra_ad.datamodules.dataset import AnomalyDataset, ImagePreparation
+from quadra_ad.datamodules.layout import AnomalyLayout, scan_anomaly_folder
+from quadra_ad.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class AnomalyDataModule(LightningDataModule):
+    """Dataloaders for one anomaly-detection folder.
+
+    Args:
+        data_path: dataset root (see :mod:`quadra_ad.datamodules.layout`).
+        phase: ``train`` (needs train/good and test) or ``test`` (inference: only test).
+        image_size: (height, width) fed to the model.
+        mean, std: normalisation statistics.
+        mask_suffix: masks are ``ground_truth/<defect>/<stem><mask_suffix>.png``.
+        valid_area_mask: optional binary image; pixels outside are zeroed in images and masks.
+        crop_area: optional ``[x1, y1, x2, y2]`` crop applied before resizing.
+        train_batch_size, test_batch_size, num_workers: dataloader settings.
+    """
+
+    def __init__(
+        self,
+        data_path: str | Path,
+        phase: str = "train",
+        image_size: Sequence[int] = (256, 256),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        mask_suffix: str = "_mask",
+        valid_area_mask: str | Path | None = None,
+        crop_area: Sequence[int] | None = None,
+        train_batch_size: int = 32,
+        test_batch_size: int = 32,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if data_path is None or str(data_path).strip() == "":
+            raise ConfigError("datamodule.data_path is not set: add datamodule.data_path=<folder> to the command line")
+        self.data_path = Path(data_path).expanduser()
+        self.phase = phase
+        self.image_size = [int(s) for s in image_size]
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        self.mask_suffix = mask_suffix
+        self.valid_area_mask = valid_area_mask
+        self.crop_area = crop_area
+        self.train_batch_size = train_batch_size
+        self.test_batch_size = test_batch_size
+        self.num_workers = num_workers
+        self.layout: AnomalyLayout | None = None
+        self._preparation: ImagePreparation | None = None
+
+    def dataset_root(self) -> Path:
+        """The folder holding the layout (subclasses that generate data override this)."""
+        return self.data_path
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.layout is not None:
+            return
+        self.layout = scan_anomaly_folder(self.dataset_root(), self.mask_suffix, self.phase)
+        self._preparation = ImagePreparation(self.image_size, self.mean, self.std, self.valid_area_mask, self.crop_area)
+        anomalous = sum(1 for s in self.layout.test if s.label == 1)
+        log.info(
+            "Dataset %s: %d train, %d test (%d anomalous), %d unknown; task=%s",
+            self.layout.root, len(self.layout.train), len(self.layout.test), anomalous,
+            len(self.layout.unknown), self.layout.task_type,
+        )
+        if self.phase == "train" and anomalous == 0:
+            log.warning("No anomalous test images: thresholds cannot be tuned and image metrics are skipped.")
+
+    @property
+    def has_masks(self) -> bool:
+        self.setup()
+        return self.layout.has_masks
+
+    def _dataset(self, samples) -> AnomalyDataset:
+        self.setup()
+        return AnomalyDataset(samples, self._preparation, with_masks=self.layout.has_masks)
+
+    def _loader(self, samples, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self._dataset(samples),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=ImageBatch.collate,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.layout.train, self.train_batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.layout.test, self.test_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.layout.test, self.test_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.layout.unknown, self.test_batch_size, shuffle=False)

@@ -1,0 +1,22 @@
+"""The one exception family for user mistakes.
+
+Raised at the boundary (config keys, files on disk) with a single line that names the key or
+path at fault and what to do. The CLI prints it without a traceback unless
+``HYDRA_FULL_ERROR=1``.
+"""
+
+
+class QuadraADError(Exception):
+    """A user-fixable problem, described in one line."""
+
+
+class ConfigError(QuadraADError):
+    """A config key is missing, unknown or has a value we cannot use."""
+
+
+class DatasetError(QuadraADError):
+    """A dataset folder or file does not follow the expected layout or cannot be read."""
+
+
+class ExportError(QuadraADError):
+    """A model cannot be exported in the requested format."""

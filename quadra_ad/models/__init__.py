@@ -1,0 +1,1 @@
+"""Model construction glue: anomalib models built from config, backbone weights offline."""

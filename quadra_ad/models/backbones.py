@@ -1,0 +1,121 @@
+"""Backbone weights: pretrained from the hub when online, from a local file when asked.
+
+anomalib models build their timm feature extractor with ``pre_trained=True`` by downloading
+weights. Offline, huggingface_hub retries for most of a minute and then fails deep in the
+stack; we check reachability first, switch the hub to offline mode (so a local cache still
+works) and turn a failure into one line naming the keys that fix it.
+"""
+
+import concurrent.futures
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from quadra_ad.config.instantiation import instantiate_node
+from quadra_ad.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HUB_HOST = "huggingface.co"
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """True when the weights hub's name resolves within ``timeout_s``."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return bool(pool.submit(socket.getaddrinfo, HUB_HOST, 443).result(timeout=timeout_s))
+    except (OSError, concurrent.futures.TimeoutError):
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _use_hub_offline() -> None:
+    import huggingface_hub.constants as hub_constants
+
+    hub_constants.HF_HUB_OFFLINE = True
+
+
+def _is_download_failure(error: BaseException) -> bool:
+    seen = error
+    while seen is not None:
+        name = type(seen).__name__
+        module = type(seen).__module__
+        if module.startswith(("huggingface_hub", "urllib", "requests", "httpx", "httpcore", "socket")) or name in (
+            "gaierror", "ConnectionError", "LocalEntryNotFoundError", "OfflineModeIsEnabled", "URLError",
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    loaded: Any = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"backbone.weights_file '{path}' does not hold a state dict")
+    return loaded
+
+
+def load_backbone_weights(model: torch.nn.Module, weights_file: str | Path, backbone_name: str) -> int:
+    """Load a timm state dict from a local file into every timm feature extractor of ``model``.
+
+    Returns the number of tensors loaded; raises ConfigError when none match.
+    """
+    from anomalib.models.components.feature_extractors import TimmFeatureExtractor
+
+    path = Path(weights_file).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"backbone.weights_file '{path}' does not exist")
+    state = _state_dict_from_file(path)
+    extractors = [m for m in model.modules() if isinstance(m, TimmFeatureExtractor)]
+    if not extractors:
+        raise ConfigError(f"backbone.weights_file is set but {type(model).__name__} has no timm backbone to load it into")
+    loaded = 0
+    for extractor in extractors:
+        target = extractor.feature_extractor.state_dict()
+        matching = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
+        extractor.feature_extractor.load_state_dict(matching, strict=False)
+        loaded += len(matching)
+    if loaded == 0:
+        raise ConfigError(
+            f"backbone.weights_file '{path}' has no tensors that fit backbone '{backbone_name}': "
+            f"is it a timm state dict of that architecture?"
+        )
+    log.info("Loaded %d backbone tensors from %s", loaded, path)
+    return loaded
+
+
+def build_model(cfg: DictConfig) -> torch.nn.Module:
+    """Instantiate ``cfg.model``, handling pretrained and local backbone weights."""
+    backbone = cfg.get("backbone") or {}
+    pre_trained = bool(cfg.model.get("pre_trained", False))
+    weights_file = backbone.get("weights_file")
+    name = cfg.model.get("backbone", backbone.get("name", "?"))
+    if weights_file:
+        # Local weights replace the download entirely.
+        model = instantiate_node(cfg, "model", pre_trained=False)
+        load_backbone_weights(model, weights_file, str(name))
+        return model
+    if pre_trained and not hub_reachable():
+        log.warning("%s is not reachable: looking for %s weights in the local cache only", HUB_HOST, name)
+        _use_hub_offline()
+    try:
+        return instantiate_node(cfg, "model")
+    except Exception as error:
+        if pre_trained and _is_download_failure(error):
+            raise ConfigError(
+                f"cannot get pretrained weights for backbone '{name}' (offline?): set "
+                f"model.pre_trained=false, or backbone.weights_file=<local timm .pth/.safetensors file>"
+            ) from error
+        raise

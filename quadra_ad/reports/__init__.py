@@ -1,0 +1,1 @@
+"""Human-readable results written into the run folder."""

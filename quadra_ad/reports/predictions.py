@@ -1,0 +1,45 @@
+"""``predictions.csv`` and ``metrics.json``: the same files from training and inference."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from quadra_ad.scored_set import ScoredSet
+from quadra_ad.thresholds import normalize_scores
+
+PREDICTIONS_CSV = "predictions.csv"
+METRICS_JSON = "metrics.json"
+COLUMNS = ["image_path", "defect_type", "label", "raw_score", "normalized_score", "predicted_label", "threshold"]
+
+
+def write_predictions(
+    scored: ScoredSet, path: Path, threshold: float, score_min: float, score_max: float
+) -> Path:
+    """One row per image; ``label`` is empty for unknown images."""
+    import torch
+
+    normalized = normalize_scores(torch.tensor(scored.scores, dtype=torch.float64), threshold, score_min, score_max)
+    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for i, image_path in enumerate(scored.image_paths):
+            label = scored.labels[i]
+            score = scored.scores[i]
+            writer.writerow([
+                image_path,
+                scored.defect_types[i],
+                "" if label is None else label,
+                f"{score:.8g}",
+                f"{float(normalized[i]):.8g}",
+                int(score >= threshold),
+                f"{threshold:.8g}",
+            ])
+    return Path(path)
+
+
+def write_metrics(metrics: dict[str, float], path: Path) -> Path:
+    """Metrics as JSON (NaN written as null)."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    Path(path).write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(path)

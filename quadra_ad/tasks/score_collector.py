@@ -1,0 +1,47 @@
+"""Lightning callback that keeps the raw outputs of validation, test and predict batches.
+
+It is passed to the Trainer, so it runs before any callback the model brings itself: it sees
+scores and maps exactly as the network produced them.
+"""
+
+from lightning.pytorch import Callback
+
+from quadra_ad.scored_set import ScoredSet
+
+
+class ScoreCollector(Callback):
+    """Collects one :class:`ScoredSet` per stage; validation restarts at every epoch."""
+
+    def __init__(self) -> None:
+        self.validation = ScoredSet()
+        self.test = ScoredSet()
+        self.predict = ScoredSet()
+
+    @staticmethod
+    def _add(target: ScoredSet, batch) -> None:
+        target.add_batch(
+            image_paths=batch.image_path,
+            labels=batch.gt_label,
+            scores=batch.pred_score if batch.pred_score is not None else batch.anomaly_map.amax(dim=(-2, -1)),
+            maps=batch.anomaly_map,
+            masks=batch.gt_mask,
+            mask_paths=batch.mask_path,
+        )
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.validation = ScoredSet()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._add(self.validation, outputs)
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self.test = ScoredSet()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._add(self.test, outputs)
+
+    def on_predict_epoch_start(self, trainer, pl_module) -> None:
+        self.predict = ScoredSet()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._add(self.predict, outputs)

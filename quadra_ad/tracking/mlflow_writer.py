@@ -1,0 +1,92 @@
+"""The one MLflow writer: a finished run folder → one MLflow run.
+
+It is called after everything is on disk, so a tracking failure can never lose a trained model;
+it only costs the MLflow copy, and the caller reports it in one line.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+_BATCH = 100  # MLflow's per-request limit for params and metrics
+
+
+@dataclass
+class TrackedRun:
+    """Where a run was logged."""
+
+    tracking_uri: str
+    experiment_name: str
+    experiment_id: str
+    run_id: str
+
+    def ui_hint(self) -> str:
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"open {self.tracking_uri}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+
+def _local_artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
+    """For an embedded SQLite store, keep artifacts in ``mlartifacts/`` beside the database."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme != "sqlite":
+        return None
+    db_path = Path(tracking_uri[len("sqlite:///"):])
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment_name)
+    return (db_path.parent / "mlartifacts" / safe_name).resolve().as_uri()
+
+
+def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = artifact_location or _local_artifact_location(tracking_uri, name)
+    return client.create_experiment(name, artifact_location=location)
+
+
+def log_run(
+    tracking_uri: str,
+    experiment_name: str,
+    run_name: str | None,
+    params: dict[str, str],
+    metrics: dict[str, float],
+    artifacts: list[Path],
+    tags: dict[str, str] | None = None,
+    artifact_location: str | None = None,
+) -> TrackedRun:
+    """Create one run holding params, metrics, tags and artifacts; mark it FINISHED.
+
+    A failure after the run exists marks it FAILED before re-raising.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = _experiment_id(client, tracking_uri, experiment_name, artifact_location)
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
+    run_id = run.info.run_id
+    try:
+        param_items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(param_items), _BATCH):
+            client.log_batch(run_id, params=param_items[start : start + _BATCH])
+        now_ms = int(time.time() * 1000)
+        metric_items = [Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
+        for start in range(0, len(metric_items), _BATCH):
+            client.log_batch(run_id, metrics=metric_items[start : start + _BATCH])
+        for artifact in artifacts:
+            if artifact.is_dir():
+                client.log_artifacts(run_id, str(artifact), artifact_path=artifact.name)
+            elif artifact.is_file():
+                client.log_artifact(run_id, str(artifact))
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    except BaseException:
+        try:
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.debug("could not mark run %s FAILED", run_id)
+        raise
+    return TrackedRun(tracking_uri, experiment_name, experiment_id, run_id)
