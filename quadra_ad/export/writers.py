@@ -29,6 +29,8 @@ def export_torchscript(graph: AnomalyGraph, example: torch.Tensor, folder: Path)
 def export_onnx(graph: AnomalyGraph, example: torch.Tensor, folder: Path, opset_version: int | None = None) -> Path:
     """Export the graph to ONNX (``model.onnx``) with the dynamo exporter, weights inline."""
     path = folder / "model.onnx"
+    for chatty in ("onnxscript", "onnx_ir"):  # they log every optimisation pass at INFO
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(

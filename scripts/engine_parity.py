@@ -1,0 +1,113 @@
+"""Parity check: quadra-ad against a plain anomalib Engine fit/test on the same folder.
+
+Both sides use the same model settings, seed, input size and normalisation, and compute
+thresholds on the test split (``val_split_mode=same_as_test``, as quadra-ad does). Prints
+both image AUROCs and their difference; exits 1 when it exceeds the tolerance.
+
+    python scripts/engine_parity.py                       # synthetic data, PaDiM and PatchCore
+    python scripts/engine_parity.py --data /data/bottle --models padim --size 256
+"""
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+TOLERANCE = 0.005
+LAYERS = {"padim": ["layer1", "layer2", "layer3"], "patchcore": ["layer2", "layer3"]}
+
+
+def quadra_ad_auroc(model: str, data: Path, size: int, seed: int, workdir: Path) -> float:
+    from quadra_ad.config.compose import compose_config
+    from quadra_ad.run import run
+
+    cfg = compose_config([
+        f"experiment=base/anomaly/{model}",
+        f"datamodule.data_path={data}",
+        "backbone=resnet18",
+        "backbone.pre_trained=false",
+        f"transforms.input_size=[{size},{size}]",
+        "datamodule.num_workers=0",
+        f"core.seed={seed}",
+        "~logger",
+        "export.types=[]",
+        "trainer.enable_progress_bar=false",
+        "callbacks=none",
+    ])
+    task = run(cfg, output_dir=workdir / f"quadra_ad_{model}")
+    return float(task.metrics["image_AUROC"])
+
+
+def engine_auroc(model: str, data: Path, size: int, seed: int, workdir: Path) -> float:
+    from anomalib.data import Folder
+    from anomalib.engine import Engine
+    from anomalib.models import Padim, Patchcore
+    from anomalib.pre_processing import PreProcessor
+    from lightning.pytorch import seed_everything
+    from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+    seed_everything(seed, workers=True, verbose=False)
+    defects = sorted(p.name for p in (data / "test").iterdir() if p.is_dir() and p.name not in ("good", "unknown"))
+    datamodule = Folder(
+        name="parity",
+        root=data,
+        normal_dir="train/good",
+        normal_test_dir="test/good",
+        abnormal_dir=[f"test/{d}" for d in defects],
+        val_split_mode="same_as_test",
+        train_batch_size=32,
+        eval_batch_size=32,
+        num_workers=0,
+        seed=seed,
+    )
+    pre_processor = PreProcessor(
+        transform=Compose([Resize((size, size), antialias=True), Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    )
+    model_class = {"padim": Padim, "patchcore": Patchcore}[model]
+    kwargs = {"coreset_sampling_ratio": 0.1, "num_neighbors": 9} if model == "patchcore" else {}
+    anomalib_model = model_class(
+        backbone="resnet18", layers=LAYERS[model], pre_trained=False, pre_processor=pre_processor, visualizer=False, **kwargs
+    )
+    engine = Engine(default_root_dir=workdir / f"engine_{model}", logger=False, enable_progress_bar=False, accelerator="cpu", devices=1)
+    engine.fit(model=anomalib_model, datamodule=datamodule)
+    results = engine.test(model=anomalib_model, datamodule=datamodule, verbose=False)
+    return float(results[0]["image_AUROC"])
+
+
+def compare(model: str, data: Path, size: int, seed: int, workdir: Path) -> dict[str, float]:
+    ours = quadra_ad_auroc(model, data, size, seed, workdir)
+    theirs = engine_auroc(model, data, size, seed, workdir)
+    return {"model": model, "quadra_ad_image_AUROC": ours, "engine_image_AUROC": theirs, "abs_diff": abs(ours - theirs)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="MVTec-style folder (default: a synthetic one)")
+    parser.add_argument("--models", nargs="+", default=["padim", "patchcore"], choices=sorted(LAYERS))
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--contrast", type=float, default=0.06, help="defect contrast of the synthetic data")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        data = args.data
+        if data is None:
+            from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+
+            data = write_synthetic_dataset(workdir / "data", n_train=30, n_test_good=20, n_test_defect=20,
+                                           size=args.size, with_masks=False, defect_contrast=args.contrast)
+        rows = [compare(m, data, args.size, args.seed, workdir) for m in args.models]
+    print(f"{'model':<10} {'quadra-ad':>10} {'Engine':>10} {'|diff|':>8}")
+    for row in rows:
+        print(f"{row['model']:<10} {row['quadra_ad_image_AUROC']:>10.4f} {row['engine_image_AUROC']:>10.4f} {row['abs_diff']:>8.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0 if all(r["abs_diff"] <= TOLERANCE for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
