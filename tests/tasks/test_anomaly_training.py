@@ -1,0 +1,148 @@
+"""End-to-end training runs on tiny generated data: outputs, exports, MLflow, errors."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from quadra_ad.errors import ConfigError, DatasetError
+from quadra_ad.export.model_json import ModelCard
+from quadra_ad.run import run
+from tests.conftest import IMAGE_SIZE, training_config
+
+EXPERIMENTS = {"padim": "base/anomaly/padim", "patchcore": "base/anomaly/patchcore"}
+
+
+@pytest.fixture(scope="module", params=sorted(EXPERIMENTS))
+def trained(request, segmentation_dataset, tmp_path_factory):
+    """One full training run per model, shared by the assertions below."""
+    workdir = tmp_path_factory.mktemp(request.param)
+    cfg = training_config(EXPERIMENTS[request.param], segmentation_dataset, workdir, "backbone=resnet18")
+    task = run(cfg, output_dir=workdir / "run")
+    return task, workdir
+
+
+def _predictions(run_dir: Path) -> list[dict]:
+    with (run_dir / "predictions.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_training_writes_exports_model_json_metrics_and_predictions(trained):
+    task, _ = trained
+    run_dir = task.output_dir
+    deployment = run_dir / "deployment_model"
+    for name in ("model.pt", "model.onnx", "model.json"):
+        assert (deployment / name).is_file(), name
+    card = ModelCard.read(deployment / "model.json")
+    assert card.input_size == [IMAGE_SIZE, IMAGE_SIZE]
+    assert card.mean == pytest.approx([0.485, 0.456, 0.406])
+    assert card.task_type == "segmentation"
+    assert card.pixel_threshold is not None and card.image_min <= card.image_threshold <= card.image_max
+    assert card.files == {"torchscript": "model.pt", "onnx": "model.onnx"}
+    assert {"anomalib", "torch", "quadra_ad"} <= set(card.versions)
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.5 < metrics["image_AUROC"] <= 1.0
+    assert {"image_F1", "pixel_AUROC", "pixel_F1", "image_tp", "image_threshold"} <= set(metrics)
+
+    rows = _predictions(run_dir)
+    unknown = [r for r in rows if r["defect_type"] == "unknown"]
+    assert len(rows) == 12 + 3 and len(unknown) == 3
+    assert all(r["label"] == "" for r in unknown)
+    assert {r["label"] for r in rows if r["defect_type"] != "unknown"} == {"0", "1"}
+
+
+def test_training_logs_params_metrics_and_artifacts_to_mlflow(trained):
+    task, workdir = trained
+    run_info = task.tracked_run
+    assert run_info is not None
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
+    mlflow_run = client.get_run(run_info.run_id)
+    assert mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.data.params["model.backbone"] == "resnet18"
+    assert mlflow_run.data.params["datamodule.data_path"] == str(task.datamodule.data_path)
+    assert mlflow_run.data.metrics["image_AUROC"] == pytest.approx(task.metrics["image_AUROC"])
+    top = {a.path for a in client.list_artifacts(run_info.run_id)}
+    assert {"deployment_model", "metrics.json", "predictions.csv", "config_resolved.yaml"} <= top
+    exported = {a.path for a in client.list_artifacts(run_info.run_id, "deployment_model")}
+    assert {"deployment_model/model.pt", "deployment_model/model.onnx", "deployment_model/model.json"} <= exported
+
+
+def _test_batches(task):
+    for batch in task.datamodule.test_dataloader():
+        yield batch.image_path, batch.image
+
+
+def test_exported_graphs_reproduce_training_test_scores(trained):
+    task, _ = trained
+    deployment = task.output_dir / "deployment_model"
+    expected = {r["image_path"]: float(r["raw_score"]) for r in _predictions(task.output_dir)}
+    scripted = torch.jit.load(str(deployment / "model.pt"))
+    session = ort.InferenceSession(str(deployment / "model.onnx"), providers=["CPUExecutionProvider"])
+    worst_ts, worst_onnx = 0.0, 0.0
+    with torch.no_grad():
+        for paths, images in _test_batches(task):
+            ts_scores, ts_maps = scripted(images)
+            onnx_scores, onnx_maps = session.run(None, {"image": images.numpy()})
+            assert ts_maps.shape == (len(paths), 1, IMAGE_SIZE, IMAGE_SIZE)
+            assert onnx_maps.shape == (len(paths), 1, IMAGE_SIZE, IMAGE_SIZE)
+            reference = np.array([expected[p] for p in paths])
+            worst_ts = max(worst_ts, float(np.abs(ts_scores.numpy() - reference).max()))
+            worst_onnx = max(worst_onnx, float(np.abs(onnx_scores - reference).max()))
+    assert worst_ts <= 1e-4
+    assert worst_onnx <= 1e-3
+
+
+def test_seeded_runs_give_identical_scores(segmentation_dataset, tmp_path):
+    scores = []
+    for attempt in ("first", "second"):
+        cfg = training_config("base/anomaly/patchcore", segmentation_dataset, None, "backbone=resnet18", "export.types=[]")
+        task = run(cfg, output_dir=tmp_path / attempt)
+        scores.append(task.collector.test.scores)
+    assert scores[0] == scores[1]
+
+
+def test_folder_without_masks_is_classification_without_pixel_metrics(classification_dataset, tmp_path):
+    cfg = training_config("base/anomaly/padim", classification_dataset, None, "export.types=[torchscript]")
+    task = run(cfg, output_dir=tmp_path / "run")
+    assert not any(key.startswith("pixel_") for key in task.metrics)
+    card = ModelCard.read(tmp_path / "run" / "deployment_model" / "model.json")
+    assert card.task_type == "classification" and card.pixel_threshold is None
+
+
+def test_tracking_failure_keeps_finished_outputs(segmentation_dataset, tmp_path, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    cfg = training_config(
+        "base/anomaly/padim", segmentation_dataset, None, "export.types=[torchscript]",
+        f"+logger.mlflow.tracking_uri=sqlite:///{blocker}/mlflow.db",
+        "+logger.mlflow.experiment_name=x",
+    )
+    task = run(cfg, output_dir=tmp_path / "run")
+    assert task.tracked_run is None
+    for name in ("metrics.json", "predictions.csv", "deployment_model/model.pt", "deployment_model/model.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    err = capsys.readouterr().err
+    assert "MLflow tracking failed" in err and str(tmp_path / "run") in err
+
+
+def test_missing_data_path_names_the_key(tmp_path):
+    from quadra_ad.config.compose import compose_config
+
+    cfg = compose_config(["experiment=base/anomaly/padim", "~logger"])
+    with pytest.raises(ConfigError, match=r"datamodule\.data_path is not set"):
+        run(cfg, output_dir=tmp_path / "run")
+
+
+def test_test_folder_with_only_unknown_images_cannot_set_thresholds(tmp_path):
+    from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", n_train=4, n_test_good=0, n_test_defect=0, size=IMAGE_SIZE, n_unknown=2)
+    cfg = training_config("base/anomaly/padim", data, None)
+    with pytest.raises(DatasetError, match="no labelled test images"):
+        run(cfg, output_dir=tmp_path / "run")
