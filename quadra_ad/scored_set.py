@@ -12,22 +12,20 @@ import torch
 
 @dataclass
 class ScoredSet:
-    """Parallel lists of paths, labels (None = unknown), raw scores, maps and masks."""
+    """Parallel lists of image paths, labels (None = unknown), raw scores, maps and masks."""
 
     image_paths: list[str] = field(default_factory=list)
-    mask_paths: list[str | None] = field(default_factory=list)
     labels: list[int | None] = field(default_factory=list)
     defect_types: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     maps: list[torch.Tensor] = field(default_factory=list)
     masks: list[torch.Tensor] = field(default_factory=list)
 
-    def add_batch(self, image_paths, labels, scores, maps, masks, mask_paths=None) -> None:
+    def add_batch(self, image_paths, labels, scores, maps, masks) -> None:
         """Append one batch; ``labels``/``masks``/``maps`` may be None for the whole batch."""
         count = len(image_paths)
         scores = scores.detach().float().reshape(count).cpu()
         self.image_paths.extend(str(p) for p in image_paths)
-        self.mask_paths.extend(mask_paths if mask_paths is not None else [None] * count)
         self.labels.extend([None] * count if labels is None else [int(v) for v in labels.reshape(count).tolist()])
         self.defect_types.extend(_defect_type(p) for p in image_paths)
         self.scores.extend(scores.tolist())

@@ -29,7 +29,8 @@ def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         raise ConfigError(f"'{key}' is not in the config: add a '{key}' section or pick a config group for it")
     missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
     if missing:
-        first = f"{key}.{missing[0]}"
+        # missing_keys() gives full paths when the node sits inside a bigger config.
+        first = missing[0] if missing[0].startswith(f"{key}.") else f"{key}.{missing[0]}"
         raise ConfigError(f"{first} is not set: add {first}=<value> to the command line or the experiment file")
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if target:

@@ -74,8 +74,10 @@ class AnomalyDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.layout is not None:
             return
-        self.layout = scan_anomaly_folder(self.dataset_root(), self.mask_suffix, self.phase)
+        layout = scan_anomaly_folder(self.dataset_root(), self.mask_suffix, self.phase)
         self._preparation = ImagePreparation(self.image_size, self.mean, self.std, self.valid_area_mask, self.crop_area)
+        # Set last: a setup that failed above must fail again, not leave a half-built module.
+        self.layout = layout
         anomalous = sum(1 for s in self.layout.test if s.label == 1)
         log.info(
             "Dataset %s: %d train, %d test (%d anomalous), %d unknown; task=%s",
@@ -94,9 +96,10 @@ class AnomalyDataModule(LightningDataModule):
         self.setup()
         return AnomalyDataset(samples, self._preparation, with_masks=self.layout.has_masks)
 
-    def _loader(self, samples, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        self.setup()
         return DataLoader(
-            self._dataset(samples),
+            self._dataset(getattr(self.layout, split)),
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -105,13 +108,13 @@ class AnomalyDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.layout.train, self.train_batch_size, shuffle=True)
+        return self._loader("train", self.train_batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.layout.test, self.test_batch_size, shuffle=False)
+        return self._loader("test", self.test_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.layout.test, self.test_batch_size, shuffle=False)
+        return self._loader("test", self.test_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.layout.unknown, self.test_batch_size, shuffle=False)
+        return self._loader("unknown", self.test_batch_size, shuffle=False)

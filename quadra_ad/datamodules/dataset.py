@@ -104,5 +104,6 @@ class AnomalyDataset(Dataset):
             gt_label=torch.tensor(sample.label) if sample.label is not None else None,
             gt_mask=gt_mask,
             image_path=str(sample.image_path),
-            mask_path=str(sample.mask_path) if sample.mask_path else None,
+            # Never None: anomalib's collate drops a key that is None on a batch's first item.
+            mask_path=str(sample.mask_path) if sample.mask_path else "",
         )

@@ -42,8 +42,9 @@ def write_digit_anomaly_folder(
 ) -> Path:
     """Write the layout under ``root`` (once; a finished folder is reused) and return ``root``.
 
-    ``limit_data`` caps train/good, test/good and the anomalous test images (split evenly over the
-    other digits) at that many images each.
+    ``limit_data`` caps train/good and test/good at that many images each; the anomalous test
+    images share the same budget, split evenly over the other digits with at least one per digit
+    (so a tiny ``limit_data`` still shows every defect type).
     """
     if (root / _DONE_MARKER).is_file():
         return root
@@ -73,7 +74,8 @@ class DigitAnomalyDataModule(AnomalyDataModule):
     Args:
         data_path: where the source files are and where the layout is written.
         good_number: the digit treated as normal.
-        limit_data: at most this many images in train/good, test/good and anomalous test.
+        limit_data: at most this many images in train/good and test/good; anomalous test images
+            share the same budget over the other digits, at least one each.
         Other arguments as :class:`AnomalyDataModule`.
     """
 

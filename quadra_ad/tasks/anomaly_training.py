@@ -221,7 +221,6 @@ def _concat(first: ScoredSet, second: ScoredSet) -> ScoredSet:
     combined = ScoredSet()
     for part in (first, second):
         combined.image_paths += part.image_paths
-        combined.mask_paths += part.mask_paths
         combined.labels += part.labels
         combined.defect_types += part.defect_types
         combined.scores += part.scores

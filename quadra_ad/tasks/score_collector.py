@@ -25,7 +25,6 @@ class ScoreCollector(Callback):
             scores=batch.pred_score if batch.pred_score is not None else batch.anomaly_map.amax(dim=(-2, -1)),
             maps=batch.anomaly_map,
             masks=batch.gt_mask,
-            mask_paths=batch.mask_path,
         )
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

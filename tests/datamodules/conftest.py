@@ -1,10 +1,16 @@
 """Fixtures for the datamodule tests: tiny datasets written into ``tmp_path``."""
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Make the helper module importable whatever pytest's import mode (prepend, append, importlib).
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
 from dm_helpers import SIDE, fake_mnist_arrays, random_image, square_mask, write_idx, write_image
 
 

@@ -135,7 +135,7 @@ def test_missing_data_path_names_the_key(tmp_path):
     from quadra_ad.config.compose import compose_config
 
     cfg = compose_config(["experiment=base/anomaly/padim", "~logger"])
-    with pytest.raises(ConfigError, match=r"datamodule\.data_path is not set"):
+    with pytest.raises(ConfigError, match=r"^datamodule\.data_path is not set"):
         run(cfg, output_dir=tmp_path / "run")
 
 

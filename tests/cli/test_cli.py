@@ -1,0 +1,121 @@
+"""The ``quadra-ad`` command as a user types it (real subprocesses)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+
+QUADRA_AD = [sys.executable, "-m", "quadra_ad"]
+
+
+def quadra_ad(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env.update({"HF_HUB_OFFLINE": "1", **(env or {})})
+    return subprocess.run([*QUADRA_AD, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("quadra-ad: error:")]
+
+
+def test_help_lists_examples_and_groups(tmp_path):
+    result = quadra_ad("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "experiment=generic/digits/anomaly/padim" in result.stdout
+    assert "model:" in result.stdout or "model" in result.stdout
+
+
+def test_list_experiments(tmp_path):
+    result = quadra_ad("--list", "experiment", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "base/anomaly/padim" in result.stdout.split()
+
+
+def test_cfg_job_prints_composed_config_without_running(tmp_path):
+    result = quadra_ad("experiment=base/anomaly/patchcore", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "anomalib.models.Patchcore" in result.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unknown_experiment_fails_with_one_line(tmp_path):
+    result = quadra_ad("experiment=base/anomaly/padimm", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = _error_lines(result)
+    assert len(lines) == 1 and "base/anomaly/padim" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_path_fails_with_one_line(tmp_path):
+    result = quadra_ad("experiment=base/anomaly/padim", cwd=tmp_path)
+    assert result.returncode == 2
+    assert _error_lines(result) == [
+        "quadra-ad: error: datamodule.data_path is not set: add datamodule.data_path=<value> to the command line or the experiment file"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_data_path_that_does_not_exist_fails_with_one_line(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = quadra_ad("experiment=base/anomaly/padim", f"datamodule.data_path={missing}", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = _error_lines(result)
+    assert len(lines) == 1 and str(missing) in lines[0] and "does not exist" in lines[0]
+
+
+def test_folder_missing_train_good_names_the_folder(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "data", n_train=2, n_test_good=1, n_test_defect=1, size=16)
+    for image in (data / "train" / "good").iterdir():
+        image.unlink()
+    (data / "train" / "good").rmdir()
+    result = quadra_ad("experiment=base/anomaly/padim", f"datamodule.data_path={data}", cwd=tmp_path)
+    lines = _error_lines(result)
+    assert result.returncode == 2 and len(lines) == 1 and "'train/good'" in lines[0]
+
+
+def test_full_error_env_shows_the_traceback(tmp_path):
+    result = quadra_ad("experiment=base/anomaly/padim", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_offline_demo_runs_end_to_end(tmp_path):
+    result = quadra_ad(
+        "experiment=generic/digits/anomaly/padim",
+        f"datamodule.data_path={tmp_path / 'digits'}",
+        "datamodule.limit_data=24",
+        "transforms.input_size=[32,32]",
+        "trainer.enable_progress_bar=false",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dirs = list((tmp_path / "outputs" / "digits_padim").iterdir())
+    assert len(run_dirs) == 1
+    run_dir = run_dirs[0]
+    for name in ("deployment_model/model.pt", "deployment_model/model.onnx", "deployment_model/model.json",
+                 "metrics.json", "predictions.csv", ".hydra/config.yaml"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "metrics.json").read_text())["image_AUROC"] > 0.5
+    assert (tmp_path / "mlflow.db").is_file()
+    assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_two_experiments(tmp_path):
+    result = quadra_ad(
+        "-m",
+        "experiment=generic/digits/anomaly/padim,generic/digits/anomaly/patchcore",
+        f"datamodule.data_path={tmp_path / 'digits'}",
+        "++datamodule.limit_data=16",  # the key only exists once an experiment is applied
+        "transforms.input_size=[32,32]",
+        "export.types=[torchscript]",
+        "trainer.enable_progress_bar=false",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = sorted((tmp_path / "outputs").rglob("metrics.json"))
+    assert len(metrics) == 2
