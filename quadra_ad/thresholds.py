@@ -32,7 +32,9 @@ def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
     positives = int(labels.sum())
     if positives == 0:
         log.warning("No anomalous samples to tune a threshold on: using the highest normal score.")
-        return math.nextafter(float(scores.max()), math.inf)
+        # Next float32 up, so the comparison agrees whether done in float32 or float64.
+        highest = scores.max().float()
+        return float(torch.nextafter(highest, torch.tensor(math.inf)))
     if positives == labels.numel():
         return float(scores.min())
     order = torch.argsort(scores, descending=True)
