@@ -18,10 +18,24 @@ from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import QuadraADError
 
 
+def one_line(error: BaseException) -> str:
+    """The user-facing line of an error.
+
+    An error raised in a DataLoader worker comes back re-wrapped with the worker's traceback in
+    its message; the line we wrote is the last one, after ``module.ErrorClass: ``.
+    """
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in str(error):
+        last = lines[-1]
+        prefix = f"{type(error).__module__}.{type(error).__name__}: "
+        return last[len(prefix):] if last.startswith(prefix) else last
+    return " ".join(line.strip() for line in lines)
+
+
 def _fail(error: QuadraADError) -> NoReturn:
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error
-    print(f"quadra-ad: error: {error}", file=sys.stderr)
+    print(f"quadra-ad: error: {one_line(error)}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -119,3 +119,17 @@ def test_multirun_sweeps_two_experiments(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = sorted((tmp_path / "outputs").rglob("metrics.json"))
     assert len(metrics) == 2
+
+
+def test_corrupt_image_read_by_a_worker_is_named_in_one_line(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, size=16)
+    corrupt = data / "test" / "good" / "001.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    result = quadra_ad(
+        "experiment=base/anomaly/padim", f"datamodule.data_path={data}", "model.pre_trained=false",
+        "transforms.input_size=[32,32]", "datamodule.num_workers=2", "trainer.enable_progress_bar=false",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    lines = _error_lines(result)
+    assert lines == [f"quadra-ad: error: cannot read image file '{corrupt}': it is empty, corrupt or not an image"]
