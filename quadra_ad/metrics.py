@@ -3,6 +3,8 @@
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
+from quadra_ad.scored_set import ScoredSet
+
 
 def _counts(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, int]:
     predicted, labels = predicted.bool(), labels.bool()
@@ -43,4 +45,30 @@ def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, threshold: float) -> 
     metrics = {"pixel_F1": f1}
     if 0 < int(masks.sum()) < masks.numel():
         metrics["pixel_AUROC"] = float(binary_auroc(maps, masks))
+    return metrics
+
+
+def aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> float:
+    """Area under the per-region-overlap curve up to ``fpr_limit`` (anomalib's implementation)."""
+    from anomalib.metrics.aupro import _AUPRO
+
+    metric = _AUPRO(fpr_limit=fpr_limit)
+    metric.update(maps.float(), masks.int())
+    return float(metric.compute())
+
+
+def scored_set_metrics(scored: ScoredSet, image_threshold: float, pixel_threshold: float | None) -> dict[str, float]:
+    """Image metrics over the labelled images; pixel metrics too when masks and a pixel threshold exist."""
+    labelled = scored.labelled
+    if not labelled:
+        return {}
+    metrics = image_metrics(scored.score_tensor(labelled), scored.label_tensor(labelled), image_threshold)
+    metrics["image_threshold"] = image_threshold
+    if scored.has_masks and scored.has_maps and pixel_threshold is not None:
+        maps = torch.stack([scored.maps[i] for i in labelled])
+        masks = torch.stack([scored.masks[i] for i in labelled])
+        metrics.update(pixel_metrics(maps, masks, pixel_threshold))
+        if bool(masks.any()):
+            metrics["pixel_AUPRO"] = aupro(maps, masks)
+        metrics["pixel_threshold"] = pixel_threshold
     return metrics

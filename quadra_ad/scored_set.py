@@ -66,3 +66,18 @@ class ScoredSet:
 
 def _defect_type(image_path) -> str:
     return Path(str(image_path)).parent.name
+
+
+def concat_scored_sets(*parts: ScoredSet) -> ScoredSet:
+    """One set holding every image of ``parts`` in order (maps and masks only if all have them)."""
+    combined = ScoredSet()
+    for part in parts:
+        combined.image_paths += part.image_paths
+        combined.labels += part.labels
+        combined.defect_types += part.defect_types
+        combined.scores += part.scores
+    if all(part.has_maps or len(part) == 0 for part in parts):
+        combined.maps = [m for part in parts for m in part.maps]
+    if all(part.has_masks or len(part) == 0 for part in parts):
+        combined.masks = [m for part in parts for m in part.masks]
+    return combined

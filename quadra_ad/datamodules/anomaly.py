@@ -88,6 +88,12 @@ class AnomalyDataModule(LightningDataModule):
             log.warning("No anomalous test images: thresholds cannot be tuned and image metrics are skipped.")
 
     @property
+    def preparation(self) -> ImagePreparation:
+        """How images are cropped, resized and normalised for the model."""
+        self.setup()
+        return self._preparation
+
+    @property
     def has_masks(self) -> bool:
         self.setup()
         return self.layout.has_masks

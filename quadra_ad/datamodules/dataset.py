@@ -62,9 +62,16 @@ class ImagePreparation:
         return tensor
 
     def image(self, image: torch.Tensor, path: Path) -> torch.Tensor:
+        return F.normalize(self.display_image(image, path), self.mean, self.std)
+
+    def display_image(self, image: torch.Tensor, path: Path) -> torch.Tensor:
+        """The image as the model sees it, before normalisation (values in [0, 1])."""
         image = self._mask_and_crop(image, path)
-        image = F.resize(image, self.image_size, antialias=True)
-        return F.normalize(image, self.mean, self.std)
+        return F.resize(image, self.image_size, antialias=True)
+
+    def region_size(self, image: torch.Tensor, path: Path) -> tuple[int, int]:
+        """(height, width) of the part of the original image the model looks at."""
+        return tuple(self._mask_and_crop(image[:1], path).shape[-2:])
 
     def mask(self, mask: torch.Tensor, path: Path) -> torch.Tensor:
         mask = self._mask_and_crop(mask.to(torch.uint8), path)

@@ -4,29 +4,26 @@ Which model, data and trainer are used is decided by the config alone.
 """
 
 import logging
-import platform
-import shlex
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-import quadra_ad
 from quadra_ad.config.instantiation import instantiate_node
 from quadra_ad.errors import DatasetError, QuadraADError
 from quadra_ad.export.graph import AnomalyGraph
 from quadra_ad.export.model_json import ModelCard, package_versions
 from quadra_ad.export.writers import export_graph
-from quadra_ad.metrics import image_metrics, pixel_metrics
+from quadra_ad.metrics import scored_set_metrics
 from quadra_ad.models.backbones import build_model
-from quadra_ad.reports.predictions import METRICS_JSON, PREDICTIONS_CSV, write_metrics, write_predictions
-from quadra_ad.scored_set import ScoredSet
+from quadra_ad.reports.heatmaps import HEATMAPS_DIR, RAW_OUTPUTS_DIR
+from quadra_ad.reports.report import ScoreScale, write_report
+from quadra_ad.scored_set import concat_scored_sets
 from quadra_ad.tasks.base import Task
 from quadra_ad.tasks.score_collector import ScoreCollector
-from quadra_ad.thresholds import Calibration, calibrate
+from quadra_ad.thresholds import Calibration
+from quadra_ad.tracking.run_logger import base_tags, track_run
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +41,7 @@ class AnomalyTrainingTask(Task):
         self.exported: dict[str, Path] = {}
         self.export_errors: list[QuadraADError] = []
         self.tracked_run = None
+        self.report_files: list[Path] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -72,12 +70,10 @@ class AnomalyTrainingTask(Task):
 
     def train(self) -> None:
         self.trainer.fit(self.model, datamodule=self.datamodule)
-        validation = self.collector.validation
-        if len(validation) == 0:
+        if self.collector.calibration is None:
             # Models that skip validation during fit (e.g. a trainer with limit_val_batches=0).
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
-            validation = self.collector.validation
-        self.calibration = calibrate(validation)
+        self.calibration = self.collector.calibration
         log.info("Thresholds from validation: %s", self.calibration)
 
     def test(self) -> None:
@@ -86,7 +82,8 @@ class AnomalyTrainingTask(Task):
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
         if self.datamodule.layout.unknown:
             self.trainer.predict(self.model, dataloaders=self.datamodule.predict_dataloader(), return_predictions=False)
-        self.metrics = self._test_metrics(self.collector.test)
+        cal = self.calibration
+        self.metrics = scored_set_metrics(self.collector.test, cal.image_threshold, cal.pixel_threshold)
         summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(self.metrics.items()) if "AUROC" in k or k.endswith("F1"))
         log.info("Test metrics: %s", summary)
 
@@ -107,34 +104,28 @@ class AnomalyTrainingTask(Task):
         self._model_card().write(folder)
 
     def report(self) -> None:
-        write_metrics(self.metrics, self.output_dir / METRICS_JSON)
-        if len(self.collector.test) or len(self.collector.predict):
-            combined = _concat(self.collector.test, self.collector.predict)
-            cal = self.calibration
-            write_predictions(combined, self.output_dir / PREDICTIONS_CSV, cal.image_threshold, cal.image_min, cal.image_max)
+        cal = self.calibration
+        scored = concat_scored_sets(self.collector.test, self.collector.predict)
+        scale = ScoreScale(cal.image_threshold, cal.image_min, cal.image_max)
+        self.report_files = write_report(scored, self.metrics, cal.image_threshold, scale, self.output_dir)
 
     def finalize(self) -> None:
         print(f"quadra-ad: run folder {self.output_dir}")
-        self._track()
+        tags = base_tags(self.config, self.output_dir, type(self).__name__)
+        tags.update({"quadra_ad.model": type(self.model).__name__, "quadra_ad.dataset": str(self.datamodule.layout.root)})
+        artifacts = [
+            self.output_dir / RESOLVED_CONFIG,
+            self.output_dir / ".hydra",
+            self.output_dir / DEPLOYMENT_FOLDER,
+            self.output_dir / HEATMAPS_DIR,
+            self.output_dir / RAW_OUTPUTS_DIR,
+            *self.report_files,
+        ]
+        self.tracked_run = track_run(self.config, self.output_dir, self.metrics, artifacts, tags)
         if self.export_errors:
             raise self.export_errors[0]
 
     # -- helpers ---------------------------------------------------------------------------
-    def _test_metrics(self, scored: ScoredSet) -> dict[str, float]:
-        labelled = scored.labelled
-        if not labelled:
-            return {}
-        cal = self.calibration
-        metrics = image_metrics(scored.score_tensor(labelled), scored.label_tensor(labelled), cal.image_threshold)
-        if scored.has_masks and scored.has_maps and cal.pixel_threshold is not None:
-            maps = torch.stack([scored.maps[i] for i in labelled])
-            masks = torch.stack([scored.masks[i] for i in labelled])
-            metrics.update(pixel_metrics(maps, masks, cal.pixel_threshold))
-        metrics["image_threshold"] = cal.image_threshold
-        if cal.pixel_threshold is not None:
-            metrics["pixel_threshold"] = cal.pixel_threshold
-        return metrics
-
     def _model_card(self) -> ModelCard:
         dm = self.datamodule
         cal = self.calibration
@@ -155,73 +146,8 @@ class AnomalyTrainingTask(Task):
             **asdict(cal),
         )
 
-    def _artifacts(self) -> list[Path]:
-        candidates = [
-            self.output_dir / RESOLVED_CONFIG,
-            self.output_dir / ".hydra",
-            self.output_dir / DEPLOYMENT_FOLDER,
-            self.output_dir / METRICS_JSON,
-            self.output_dir / PREDICTIONS_CSV,
-        ]
-        return [p for p in candidates if p.exists()]
-
-    def _track(self) -> None:
-        from quadra_ad.tracking.params import flatten_config
-
-        mlflow_cfg = (self.config.get("logger") or {}).get("mlflow")
-        if not mlflow_cfg:
-            log.info("No logger.mlflow configured: the run is on disk only.")
-            return
-        try:
-            from quadra_ad.tracking.mlflow_writer import log_run
-
-            self.tracked_run = log_run(
-                tracking_uri=str(mlflow_cfg.tracking_uri),
-                experiment_name=str(mlflow_cfg.experiment_name),
-                run_name=mlflow_cfg.get("run_name"),
-                params=flatten_config(self.config),
-                metrics=self.metrics,
-                artifacts=self._artifacts() if self.config.core.get("upload_artifacts", True) else [],
-                tags=self._tags(),
-                artifact_location=mlflow_cfg.get("artifact_location"),
-            )
-        except Exception as error:  # noqa: BLE001 - tracking must never lose a finished run
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            print(
-                f"quadra-ad: MLflow tracking failed ({type(error).__name__}: {first_line}); "
-                f"all outputs are safe in {self.output_dir}",
-                file=sys.stderr,
-            )
-            log.debug("tracking failure", exc_info=True)
-            return
-        run = self.tracked_run
-        print(f"quadra-ad: logged MLflow run {run.run_id} in experiment '{run.experiment_name}' at {run.tracking_uri}")
-        print(f"quadra-ad: to browse it: {run.ui_hint()}")
-
-    def _tags(self) -> dict[str, str]:
-        return {
-            "quadra_ad.version": quadra_ad.__version__,
-            "quadra_ad.task": type(self).__name__,
-            "quadra_ad.model": type(self.model).__name__,
-            "quadra_ad.dataset": str(self.datamodule.layout.root),
-            "quadra_ad.run_folder": str(self.output_dir),
-            "quadra_ad.command": shlex.join(["quadra-ad", *sys.argv[1:]]),
-            "quadra_ad.host": platform.node(),
-            "quadra_ad.tag": str(self.config.core.get("tag") or ""),
-        }
-
 
 def _tracking_value(cfg: DictConfig, key: str):
     logger_cfg = cfg.get("logger") or {}
     mlflow_cfg = logger_cfg.get("mlflow") or {}
     return mlflow_cfg.get(key)
-
-
-def _concat(first: ScoredSet, second: ScoredSet) -> ScoredSet:
-    combined = ScoredSet()
-    for part in (first, second):
-        combined.image_paths += part.image_paths
-        combined.labels += part.labels
-        combined.defect_types += part.defect_types
-        combined.scores += part.scores
-    return combined

@@ -7,12 +7,18 @@ scores and maps exactly as the network produced them.
 from lightning.pytorch import Callback
 
 from quadra_ad.scored_set import ScoredSet
+from quadra_ad.thresholds import Calibration, calibrate
 
 
 class ScoreCollector(Callback):
-    """Collects one :class:`ScoredSet` per stage; validation restarts at every epoch."""
+    """Collects one :class:`ScoredSet` per stage; validation restarts at every epoch.
+
+    After each validation epoch, ``calibration`` holds the thresholds and score ranges measured
+    on it (None until a validation set with labels has been seen).
+    """
 
     def __init__(self) -> None:
+        self.calibration: Calibration | None = None
         self.validation = ScoredSet()
         self.test = ScoredSet()
         self.predict = ScoredSet()
@@ -32,6 +38,10 @@ class ScoreCollector(Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._add(self.validation, outputs)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self.validation.labelled:
+            self.calibration = calibrate(self.validation)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.test = ScoredSet()

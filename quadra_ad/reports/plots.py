@@ -1,0 +1,53 @@
+"""Summary plots: confusion matrix and score histogram with the threshold line."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+CONFUSION_MATRIX_PNG = "confusion_matrix.png"
+SCORE_HISTOGRAM_PNG = "score_histogram.png"
+
+
+def plot_confusion_matrix(counts: dict[str, int], path: Path) -> Path:
+    """2×2 matrix of true (rows) against predicted (columns) labels."""
+    matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
+    figure, axis = plt.subplots(figsize=(4, 3.6))
+    axis.imshow(matrix, cmap="Blues")
+    for (row, col), value in np.ndenumerate(matrix):
+        colour = "white" if value > matrix.max() / 2 else "black"
+        axis.text(col, row, str(value), ha="center", va="center", color=colour, fontsize=14)
+    axis.set_xticks([0, 1], ["good", "anomalous"])
+    axis.set_yticks([0, 1], ["good", "anomalous"])
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_score_histogram(scores: list[float], labels: list[int | None], threshold: float, path: Path) -> Path:
+    """Histogram of raw image scores by true label, with the threshold as a vertical line."""
+    scores_array = np.asarray(scores, dtype=np.float64)
+    groups = {
+        "good": [s for s, label in zip(scores_array, labels) if label == 0],
+        "anomalous": [s for s, label in zip(scores_array, labels) if label == 1],
+        "unknown": [s for s, label in zip(scores_array, labels) if label is None],
+    }
+    bins = np.histogram_bin_edges(np.append(scores_array, threshold), bins=30)
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    for name, colour in (("good", "tab:green"), ("anomalous", "tab:red"), ("unknown", "tab:gray")):
+        if groups[name]:
+            axis.hist(groups[name], bins=bins, alpha=0.6, label=f"{name} ({len(groups[name])})", color=colour)
+    axis.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    axis.set_xlabel("raw anomaly score")
+    axis.set_ylabel("images")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)

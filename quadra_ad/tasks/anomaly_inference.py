@@ -1,0 +1,171 @@
+"""AnomalyInferenceTask: run an exported model on new images, pick a threshold, report.
+
+The threshold is either recomputed (F1-optimal on the labelled images given) or reused from
+``model.json``. Scores are always normalised with the training statistics, so 0.5 means the
+training threshold whichever threshold decides the labels.
+"""
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from quadra_ad.config.instantiation import instantiate_node
+from quadra_ad.errors import ConfigError
+from quadra_ad.export.loaders import ExportedModel, load_exported_model
+from quadra_ad.metrics import scored_set_metrics
+from quadra_ad.reports.heatmaps import HEATMAPS_DIR, RAW_OUTPUTS_DIR, HeatmapSettings, write_heatmaps
+from quadra_ad.reports.report import ScoreScale, write_report
+from quadra_ad.scored_set import ScoredSet, concat_scored_sets
+from quadra_ad.tasks.base import Task
+from quadra_ad.thresholds import calibrate, normalize_scores
+from quadra_ad.tracking.run_logger import base_tags, track_run
+
+log = logging.getLogger(__name__)
+
+RESOLVED_CONFIG = "config_resolved.yaml"
+THRESHOLD_TYPES = ("image", "pixel")
+
+
+class AnomalyInferenceTask(Task):
+    """Exported model + folder of images → predictions, metrics, plots, MLflow run.
+
+    Args:
+        model_path: ``model.pt`` (TorchScript) or ``model.onnx`` with ``model.json`` beside it.
+        use_training_threshold: reuse the threshold from ``model.json`` instead of recomputing.
+        training_threshold_type: which training threshold decides image labels, ``image`` or
+            ``pixel`` (as in Quadra); pixel masks always use the pixel threshold.
+        device: ``cpu`` or ``cuda[:N]``.
+        plot_heatmaps: write heatmap overlays; ``plot_only_wrong`` limits them to mistakes.
+        plot_raw_outputs: also write full-resolution anomaly maps and predicted masks.
+    """
+
+    def __init__(
+        self,
+        config: DictConfig,
+        output_dir: Path,
+        model_path: str,
+        use_training_threshold: bool = False,
+        training_threshold_type: str = "image",
+        device: str = "cpu",
+        plot_heatmaps: bool = True,
+        plot_only_wrong: bool = False,
+        plot_raw_outputs: bool = False,
+    ) -> None:
+        super().__init__(config, output_dir)
+        if training_threshold_type not in THRESHOLD_TYPES:
+            raise ConfigError(f"task.training_threshold_type must be 'image' or 'pixel', got '{training_threshold_type}'")
+        self.model_path = model_path
+        self.use_training_threshold = use_training_threshold
+        self.training_threshold_type = training_threshold_type
+        self.device = device
+        self.plot_heatmaps = plot_heatmaps
+        self.plot_only_wrong = plot_only_wrong
+        self.plot_raw_outputs = plot_raw_outputs
+        self.labelled = ScoredSet()
+        self.unknown = ScoredSet()
+        self.metrics: dict[str, float] = {}
+        self.threshold_source = ""
+        self.tracked_run = None
+        self.report_files: list[Path] = []
+
+    def prepare(self) -> None:
+        OmegaConf.save(self.config, self.output_dir / RESOLVED_CONFIG, resolve=True)
+        self.model: ExportedModel = load_exported_model(self.model_path, self.device)
+        card = self.model.card
+        if card.input_channels != 3:
+            raise ConfigError(
+                f"the model takes {card.input_channels}-channel images (model.json input_channels) but quadra_ad "
+                f"reads every image as 3-channel RGB; export the model with 3-channel input"
+            )
+        if self.use_training_threshold and self.training_threshold_type == "pixel" and card.pixel_threshold is None:
+            raise ConfigError(
+                "task.use_training_threshold=true with task.training_threshold_type=pixel, but the training run had "
+                "no masks so model.json has no pixel threshold: use task.training_threshold_type=image"
+            )
+        self.datamodule = instantiate_node(self.config, "datamodule", **self._transforms_from_card())
+        self.datamodule.setup()
+
+    def _transforms_from_card(self) -> dict:
+        """Input size and normalisation from model.json, unless the user set them."""
+        card = self.model.card
+        node = self.config.datamodule
+        chosen = {}
+        for key, from_card in (("image_size", card.input_size), ("mean", card.mean), ("std", card.std)):
+            given = node.get(key)
+            if given is None:
+                chosen[key] = list(from_card)
+            elif list(given) != list(from_card):
+                log.warning("datamodule.%s=%s differs from model.json (%s): using yours", key, list(given), list(from_card))
+        return chosen
+
+    def test(self) -> None:
+        for loader, target in ((self.datamodule.test_dataloader(), self.labelled), (self.datamodule.predict_dataloader(), self.unknown)):
+            for batch in loader:
+                scores, maps = self.model(batch.image)
+                target.add_batch(batch.image_path, batch.gt_label, scores, maps, batch.gt_mask)
+        self.image_threshold, self.pixel_threshold = self._thresholds()
+        self.metrics = scored_set_metrics(self.labelled, self.image_threshold, self.pixel_threshold)
+        card = self.model.card
+        if self.metrics:
+            self.metrics["image_threshold_normalized"] = float(
+                normalize_scores(_tensor(self.image_threshold), card.image_threshold, card.image_min, card.image_max)
+            )
+        log.info("Threshold: %.6g (%s); %d labelled, %d unknown images", self.image_threshold,
+                 self.threshold_source, len(self.labelled), len(self.unknown))
+
+    def _thresholds(self) -> tuple[float, float | None]:
+        card = self.model.card
+        training_image = card.pixel_threshold if self.training_threshold_type == "pixel" else card.image_threshold
+        if self.use_training_threshold:
+            self.threshold_source = f"training {self.training_threshold_type} threshold"
+            return training_image, card.pixel_threshold
+        labels = {self.labelled.labels[i] for i in self.labelled.labelled}
+        if labels != {0, 1}:
+            self.threshold_source = "training image threshold (no good and anomalous images to recompute it on)"
+            log.warning("Cannot recompute the threshold without both good and anomalous images: using the training one.")
+            return card.image_threshold, card.pixel_threshold
+        calibration = calibrate(self.labelled)
+        self.threshold_source = "recomputed: F1-optimal on this data"
+        pixel = calibration.pixel_threshold if calibration.pixel_threshold is not None else card.pixel_threshold
+        return calibration.image_threshold, pixel
+
+    def report(self) -> None:
+        card = self.model.card
+        scored = concat_scored_sets(self.labelled, self.unknown)
+        scale = ScoreScale(card.image_threshold, card.image_min, card.image_max)
+        self.report_files = write_report(scored, self.metrics, self.image_threshold, scale, self.output_dir)
+        if self.plot_heatmaps or self.plot_raw_outputs:
+            pixel_threshold = self.pixel_threshold if self.pixel_threshold is not None else self.image_threshold
+            settings = HeatmapSettings(
+                image_threshold=self.image_threshold,
+                pixel_threshold=pixel_threshold,
+                map_min=card.pixel_min if card.pixel_min is not None else 0.0,
+                map_max=card.pixel_max if card.pixel_max is not None else 1.0,
+                only_wrong=self.plot_only_wrong,
+                raw_outputs=self.plot_raw_outputs,
+            )
+            for part in (self.labelled, self.unknown):
+                write_heatmaps(part, self.datamodule.preparation, self.output_dir, settings)
+
+    def finalize(self) -> None:
+        print(f"quadra-ad: run folder {self.output_dir}")
+        card = self.model.card
+        tags = base_tags(self.config, self.output_dir, type(self).__name__)
+        tags.update({
+            "quadra_ad.model": card.model_class.rsplit(".", 1)[-1],
+            "quadra_ad.model_path": str(Path(self.model_path).expanduser().resolve()),
+            "quadra_ad.model_format": self.model.format,
+            "quadra_ad.dataset": str(self.datamodule.layout.root),
+            "quadra_ad.threshold_source": self.threshold_source,
+            "quadra_ad.training_run_folder": str(card.training.get("run_folder", "")),
+        })
+        artifacts = [self.output_dir / RESOLVED_CONFIG, self.output_dir / ".hydra", self.output_dir / HEATMAPS_DIR,
+                     self.output_dir / RAW_OUTPUTS_DIR, *self.report_files]
+        self.tracked_run = track_run(self.config, self.output_dir, self.metrics, artifacts, tags)
+
+
+def _tensor(value: float):
+    import torch
+
+    return torch.tensor(value, dtype=torch.float64)
