@@ -29,8 +29,13 @@ class ExportedModel:
         self.card = card
         self.device = device
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_graph(self, images: torch.Tensor):
+        """Whatever the graph returns, unchecked."""
         raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, maps = self.run_graph(images)
+        return torch.as_tensor(scores).float().cpu(), torch.as_tensor(maps).float().cpu()
 
 
 class TorchScriptModel(ExportedModel):
@@ -43,10 +48,9 @@ class TorchScriptModel(ExportedModel):
         except Exception as error:  # noqa: BLE001 - any load failure means a bad file
             raise ConfigError(f"task.model_path '{path}' cannot be loaded as TorchScript ({_first_line(error)}); is the file complete?") from None
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_graph(self, images: torch.Tensor):
         with torch.inference_mode():
-            scores, maps = self.module(images.to(self.device))
-        return scores.float().cpu(), maps.float().cpu()
+            return self.module(images.to(self.device))
 
 
 class OnnxModel(ExportedModel):
@@ -69,9 +73,8 @@ class OnnxModel(ExportedModel):
         self.input_name = inputs[0].name
         self.input_shape = inputs[0].shape
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, maps = self.session.run(None, {self.input_name: images.numpy().astype(np.float32, copy=False)})
-        return torch.from_numpy(scores).float(), torch.from_numpy(maps).float()
+    def run_graph(self, images: torch.Tensor):
+        return tuple(self.session.run(None, {self.input_name: images.numpy().astype(np.float32, copy=False)}))
 
 
 def _first_line(error: BaseException) -> str:
@@ -95,7 +98,7 @@ def _check_against_card(model: ExportedModel) -> None:
                 f"use the model.json written with this graph"
             )
     try:
-        outputs = model(torch.zeros(1, card.input_channels, height, width))
+        outputs = model.run_graph(torch.zeros(1, card.input_channels, height, width))
     except Exception as error:  # noqa: BLE001
         raise ConfigError(
             f"model.json beside '{model.path}' does not match the graph: a {card.input_channels}x{height}x{width} "
@@ -103,7 +106,7 @@ def _check_against_card(model: ExportedModel) -> None:
         ) from None
     if not isinstance(outputs, tuple | list) or len(outputs) != 2:
         raise ConfigError(f"task.model_path '{model.path}' returns {type(outputs).__name__}; expected (pred_score, anomaly_map)")
-    scores, maps = outputs
+    scores, maps = (torch.as_tensor(o) for o in outputs)
     if tuple(scores.shape) != (1,) or maps.dim() != 4 or tuple(maps.shape[-2:]) != (height, width):
         raise ConfigError(
             f"task.model_path '{model.path}' outputs shapes {tuple(scores.shape)} and {tuple(maps.shape)}; "

@@ -103,6 +103,31 @@ def test_offline_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "mlflow.db").is_file()
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
 
+    # Second half of the round trip: the exported ONNX model on the same data, from the CLI.
+    inference = quadra_ad(
+        "experiment=generic/digits/anomaly/inference",
+        f"task.model_path={run_dir / 'deployment_model' / 'model.onnx'}",
+        f"datamodule.data_path={tmp_path / 'digits'}",
+        "datamodule.limit_data=24",
+        "task.use_training_threshold=true",
+        cwd=tmp_path,
+    )
+    assert inference.returncode == 0, inference.stderr[-3000:]
+    inference_dir = next((tmp_path / "outputs" / "digits_inference").iterdir())
+    inference_metrics = json.loads((inference_dir / "metrics.json").read_text())
+    training_metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert inference_metrics["image_AUROC"] == training_metrics["image_AUROC"]
+    assert (inference_dir / "confusion_matrix.png").is_file()
+    assert any((inference_dir / "heatmaps").rglob("*.png"))
+
+
+def test_inference_without_model_path_fails_with_one_line(tmp_path):
+    result = quadra_ad("experiment=generic/digits/anomaly/inference", cwd=tmp_path)
+    assert result.returncode == 2
+    assert _error_lines(result) == [
+        "quadra-ad: error: task.model_path is not set: add task.model_path=<value> to the command line or the experiment file"
+    ]
+
 
 @pytest.mark.slow
 def test_multirun_sweeps_two_experiments(tmp_path):

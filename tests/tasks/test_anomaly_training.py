@@ -15,18 +15,6 @@ from quadra_ad.export.model_json import ModelCard
 from quadra_ad.run import run
 from tests.conftest import IMAGE_SIZE, training_config
 
-EXPERIMENTS = {"padim": "base/anomaly/padim", "patchcore": "base/anomaly/patchcore"}
-
-
-@pytest.fixture(scope="module", params=sorted(EXPERIMENTS))
-def trained(request, segmentation_dataset, tmp_path_factory):
-    """One full training run per model, shared by the assertions below."""
-    workdir = tmp_path_factory.mktemp(request.param)
-    cfg = training_config(EXPERIMENTS[request.param], segmentation_dataset, workdir, "backbone=resnet18")
-    task = run(cfg, output_dir=workdir / "run")
-    return task, workdir
-
-
 def _predictions(run_dir: Path) -> list[dict]:
     with (run_dir / "predictions.csv").open() as handle:
         return list(csv.DictReader(handle))
@@ -68,7 +56,8 @@ def test_training_logs_params_metrics_and_artifacts_to_mlflow(trained):
     assert mlflow_run.data.params["datamodule.data_path"] == str(task.datamodule.data_path)
     assert mlflow_run.data.metrics["image_AUROC"] == pytest.approx(task.metrics["image_AUROC"])
     top = {a.path for a in client.list_artifacts(run_info.run_id)}
-    assert {"deployment_model", "metrics.json", "predictions.csv", "config_resolved.yaml"} <= top
+    assert {"deployment_model", "metrics.json", "predictions.csv", "config_resolved.yaml",
+            "confusion_matrix.png", "score_histogram.png"} <= top
     exported = {a.path for a in client.list_artifacts(run_info.run_id, "deployment_model")}
     assert {"deployment_model/model.pt", "deployment_model/model.onnx", "deployment_model/model.json"} <= exported
 
@@ -107,11 +96,10 @@ def test_seeded_runs_give_identical_scores(segmentation_dataset, tmp_path):
     assert scores[0] == scores[1]
 
 
-def test_folder_without_masks_is_classification_without_pixel_metrics(classification_dataset, tmp_path):
-    cfg = training_config("base/anomaly/padim", classification_dataset, None, "export.types=[torchscript]")
-    task = run(cfg, output_dir=tmp_path / "run")
+def test_folder_without_masks_is_classification_without_pixel_metrics(trained_padim_classification):
+    task = trained_padim_classification
     assert not any(key.startswith("pixel_") for key in task.metrics)
-    card = ModelCard.read(tmp_path / "run" / "deployment_model" / "model.json")
+    card = ModelCard.read(task.output_dir / "deployment_model" / "model.json")
     assert card.task_type == "classification" and card.pixel_threshold is None
 
 
@@ -146,3 +134,20 @@ def test_test_folder_with_only_unknown_images_cannot_set_thresholds(tmp_path):
     cfg = training_config("base/anomaly/padim", data, None)
     with pytest.raises(DatasetError, match="no labelled test images"):
         run(cfg, output_dir=tmp_path / "run")
+
+
+def test_visualizer_callback_writes_heatmaps_when_enabled(segmentation_dataset, tmp_path):
+    cfg = training_config(
+        "base/anomaly/padim", segmentation_dataset, None, "export.types=[]", "callbacks=default",
+        "callbacks.visualizer.enabled=true", "callbacks.visualizer.plot_raw_outputs=true",
+    )
+    task = run(cfg, output_dir=tmp_path / "run")
+    overlays = sorted((tmp_path / "run" / "heatmaps").rglob("*.png"))
+    assert len(overlays) == len(task.collector.test) == 12
+    assert len(list((tmp_path / "run" / "raw_outputs").rglob("*_anomaly_map.tiff"))) == 12
+
+
+def test_visualizer_callback_is_off_by_default(segmentation_dataset, tmp_path):
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, None, "export.types=[]", "callbacks=default")
+    run(cfg, output_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "heatmaps").exists()

@@ -1,0 +1,25 @@
+"""Training runs shared by the training and inference tests (one per model, per session)."""
+
+import pytest
+
+from quadra_ad.run import run
+from tests.conftest import training_config
+
+EXPERIMENTS = {"padim": "base/anomaly/padim", "patchcore": "base/anomaly/patchcore"}
+
+
+@pytest.fixture(scope="session", params=sorted(EXPERIMENTS))
+def trained(request, segmentation_dataset, tmp_path_factory):
+    """A full training run (with MLflow in its own store); returns (task, its work folder)."""
+    workdir = tmp_path_factory.mktemp(request.param)
+    cfg = training_config(EXPERIMENTS[request.param], segmentation_dataset, workdir, "backbone=resnet18")
+    task = run(cfg, output_dir=workdir / "run")
+    return task, workdir
+
+
+@pytest.fixture(scope="session")
+def trained_padim_classification(classification_dataset, tmp_path_factory):
+    """A PaDiM run on a folder without masks (so model.json has no pixel threshold)."""
+    workdir = tmp_path_factory.mktemp("padim_classification")
+    cfg = training_config("base/anomaly/padim", classification_dataset, None)
+    return run(cfg, output_dir=workdir / "run")
