@@ -16,7 +16,8 @@ from quadra_ad.errors import ConfigError
 EXPERIMENTS = sorted(p.relative_to(package_experiments_dir()).with_suffix("").as_posix() for p in package_experiments_dir().rglob("*.yaml"))
 REQUIRED = {
     "base/anomaly/padim", "base/anomaly/patchcore", "generic/mnist/anomaly/padim",
-    "generic/mnist/anomaly/patchcore", "generic/digits/anomaly/padim",
+    "generic/mnist/anomaly/patchcore", "generic/digits/anomaly/padim", "base/anomaly/inference",
+    "generic/mnist/anomaly/inference", "generic/digits/anomaly/inference",
 }
 
 
@@ -53,6 +54,12 @@ def test_experiment_composes_and_targets_accept_their_keys(experiment, tmp_path)
     cfg = compose_config([f"experiment={experiment}", f"datamodule.data_path={tmp_path}"])
     OmegaConf.resolve(cfg)
     assert cfg.core.name
+    if experiment.endswith("/inference"):
+        assert cfg.task._target_ == "quadra_ad.tasks.AnomalyInferenceTask" and cfg.datamodule.phase == "test"
+        assert "model" not in cfg and "trainer" not in cfg
+        _check_keys(cfg.task, "task")
+        _check_keys(cfg.datamodule, "datamodule")
+        return
     for group in ("datamodule", "model", "trainer", "task"):
         _check_keys(cfg[group], group)
     for name, callback in (cfg.get("callbacks") or {}).items():
@@ -63,7 +70,7 @@ def test_experiment_composes_and_targets_accept_their_keys(experiment, tmp_path)
 
 
 def test_offline_experiments_do_not_ask_for_pretrained_weights():
-    for experiment in (e for e in EXPERIMENTS if e.startswith("generic/digits/")):
+    for experiment in (e for e in EXPERIMENTS if e.startswith("generic/digits/") and not e.endswith("/inference")):
         cfg = compose_config([f"experiment={experiment}"])
         assert cfg.model.pre_trained is False, experiment
 
