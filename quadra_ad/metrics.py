@@ -1,9 +1,25 @@
-"""Image- and pixel-level metrics, computed on raw scores so no ranking is lost."""
+"""Image- and pixel-level metrics, computed on raw scores so no ranking is lost.
 
+AUROC and AP come from scikit-learn in float64. torchmetrics is not used for them: it passes
+any score outside [0, 1] through a sigmoid, which saturates raw anomaly scores (a PaDiM score of
+40 and one of 400 both become 1.0) and silently turns the ranking into ties.
+"""
+
+import numpy as np
 import torch
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from quadra_ad.scored_set import ScoredSet
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Exact area under the ROC curve of raw scores (any range)."""
+    return float(roc_auc_score(labels.flatten().numpy().astype(np.int64), scores.flatten().double().numpy()))
+
+
+def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Average precision of raw scores (any range)."""
+    return float(average_precision_score(labels.flatten().numpy().astype(np.int64), scores.flatten().double().numpy()))
 
 
 def _counts(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, int]:
@@ -26,25 +42,25 @@ def _f1_precision_recall(counts: dict[str, int]) -> tuple[float, float, float]:
 
 def image_metrics(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
     """AUROC, AP, F1, precision, recall and confusion counts of ``score >= threshold``."""
-    scores, labels = scores.flatten().float(), labels.flatten().long()
+    scores, labels = scores.flatten(), labels.flatten().long()
     counts = _counts(scores >= threshold, labels)
     f1, precision, recall = _f1_precision_recall(counts)
     metrics: dict[str, float] = {"image_F1": f1, "image_precision": precision, "image_recall": recall}
     if 0 < int(labels.sum()) < labels.numel():
-        metrics["image_AUROC"] = float(binary_auroc(scores, labels))
-        metrics["image_AP"] = float(binary_average_precision(scores, labels))
+        metrics["image_AUROC"] = auroc(scores, labels)
+        metrics["image_AP"] = average_precision(scores, labels)
     metrics.update({f"image_{k}": v for k, v in counts.items()})
     return metrics
 
 
 def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, threshold: float) -> dict[str, float]:
     """Pixel AUROC and F1 over every pixel of every labelled map."""
-    maps, masks = maps.flatten().float(), masks.flatten().long()
+    maps, masks = maps.flatten(), masks.flatten().long()
     counts = _counts(maps >= threshold, masks)
     f1, _, _ = _f1_precision_recall(counts)
     metrics = {"pixel_F1": f1}
     if 0 < int(masks.sum()) < masks.numel():
-        metrics["pixel_AUROC"] = float(binary_auroc(maps, masks))
+        metrics["pixel_AUROC"] = auroc(maps, masks)
     return metrics
 
 

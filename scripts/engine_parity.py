@@ -40,21 +40,23 @@ def quadra_ad_auroc(model: str, data: Path, size: int, seed: int, workdir: Path)
     return float(task.metrics["image_AUROC"])
 
 
-def engine_auroc(model: str, data: Path, size: int, seed: int, workdir: Path, normalize: bool = False) -> float:
-    """Image AUROC of anomalib's own Engine fit/test.
+def engine_aurocs(model: str, data: Path, size: int, seed: int, workdir: Path) -> tuple[float, float]:
+    """Fit and test with anomalib's own Engine; return (exact AUROC of its raw scores, its reported AUROC).
 
-    ``normalize=False`` evaluates raw scores, as quadra-ad does. anomalib's default post-processor
-    min-max normalises and clamps scores to [0, 1] before its metrics; the clamp turns the
-    highest (or lowest) scores into ties, which moves AUROC by itself, so that figure is
-    reported for information only.
+    The first figure is what quadra-ad computes (scikit-learn on raw scores). The second is the
+    ``image_AUROC`` anomalib's Evaluator reports: it is computed on scores min-max normalised and
+    clamped to [0, 1], and the clamp turns the highest (or lowest) scores into ties, which can
+    move AUROC by itself. It is printed for information.
     """
+    import torch
     from anomalib.data import Folder
     from anomalib.engine import Engine
     from anomalib.models import Padim, Patchcore
-    from anomalib.post_processing import PostProcessor
     from anomalib.pre_processing import PreProcessor
     from lightning.pytorch import seed_everything
     from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+    from quadra_ad.metrics import auroc
 
     seed_everything(seed, workers=True, verbose=False)
     defects = sorted(p.name for p in (data / "test").iterdir() if p.is_dir() and p.name not in ("good", "unknown"))
@@ -76,19 +78,22 @@ def engine_auroc(model: str, data: Path, size: int, seed: int, workdir: Path, no
     model_class = {"padim": Padim, "patchcore": Patchcore}[model]
     kwargs = {"coreset_sampling_ratio": 0.1, "num_neighbors": 9} if model == "patchcore" else {}
     anomalib_model = model_class(
-        backbone="resnet18", layers=LAYERS[model], pre_trained=False, pre_processor=pre_processor,
-        post_processor=PostProcessor(enable_normalization=normalize), visualizer=False, **kwargs
+        backbone="resnet18", layers=LAYERS[model], pre_trained=False, pre_processor=pre_processor, visualizer=False, **kwargs
     )
-    engine = Engine(default_root_dir=workdir / f"engine_{model}_{normalize}", logger=False, enable_progress_bar=False, accelerator="cpu", devices=1)
+    engine = Engine(default_root_dir=workdir / f"engine_{model}", logger=False, enable_progress_bar=False, accelerator="cpu", devices=1)
     engine.fit(model=anomalib_model, datamodule=datamodule)
-    results = engine.test(model=anomalib_model, datamodule=datamodule, verbose=False)
-    return float(results[0]["image_AUROC"])
+    reported = float(engine.test(model=anomalib_model, datamodule=datamodule, verbose=False)[0]["image_AUROC"])
+    # Raw scores of the same fitted model: switch its normalisation off and predict the test split.
+    anomalib_model.post_processor.enable_normalization = False
+    batches = engine.predict(model=anomalib_model, dataloaders=datamodule.test_dataloader())
+    scores = torch.cat([b.pred_score.flatten() for b in batches])
+    labels = torch.cat([b.gt_label.flatten() for b in batches])
+    return auroc(scores, labels), reported
 
 
 def compare(model: str, data: Path, size: int, seed: int, workdir: Path) -> dict[str, float]:
     ours = quadra_ad_auroc(model, data, size, seed, workdir)
-    theirs = engine_auroc(model, data, size, seed, workdir)
-    clamped = engine_auroc(model, data, size, seed, workdir, normalize=True)
+    theirs, clamped = engine_aurocs(model, data, size, seed, workdir)
     return {
         "model": model,
         "quadra_ad_image_AUROC": ours,
@@ -117,7 +122,7 @@ def main() -> int:
             data = write_synthetic_dataset(workdir / "data", n_train=30, n_test_good=20, n_test_defect=20,
                                            size=args.size, with_masks=False, defect_contrast=args.contrast)
         rows = [compare(m, data, args.size, args.seed, workdir) for m in args.models]
-    print(f"{'model':<10} {'quadra-ad':>10} {'Engine':>10} {'|diff|':>8} {'Engine, normalised+clamped':>27}")
+    print(f"{'model':<10} {'quadra-ad':>10} {'Engine':>10} {'|diff|':>8} {'Engine as it reports':>27}")
     for row in rows:
         print(
             f"{row['model']:<10} {row['quadra_ad_image_AUROC']:>10.4f} {row['engine_image_AUROC']:>10.4f} "

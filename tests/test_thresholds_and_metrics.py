@@ -66,3 +66,13 @@ def test_pixel_metrics_use_every_pixel():
     metrics = pixel_metrics(maps, masks, threshold=0.5)
     assert metrics["pixel_AUROC"] == pytest.approx(1.0) and metrics["pixel_F1"] == pytest.approx(1.0)
     assert not math.isnan(metrics["pixel_F1"])
+
+
+def test_auroc_keeps_the_ranking_of_large_raw_scores():
+    # Raw scores far above 1: a sigmoid would map them all to 1.0 and report 0.5.
+    scores = torch.tensor([150.0, 160.0, 170.0, 300.0, 310.0, 320.0])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert image_metrics(scores, labels, threshold=250.0)["image_AUROC"] == pytest.approx(1.0)
+    maps = torch.tensor([[100.0, 400.0], [120.0, 500.0]])
+    masks = torch.tensor([[False, True], [False, True]])
+    assert pixel_metrics(maps, masks, threshold=300.0)["pixel_AUROC"] == pytest.approx(1.0)

@@ -72,15 +72,19 @@ def load_backbone_weights(model: torch.nn.Module, weights_file: str | Path, back
 
     Returns the number of tensors loaded; raises ConfigError when none match.
     """
-    from anomalib.models.components.feature_extractors import TimmFeatureExtractor
-
     path = Path(weights_file).expanduser()
     if not path.is_file():
         raise ConfigError(f"backbone.weights_file '{path}' does not exist")
-    state = _state_dict_from_file(path)
+    return load_backbone_state(model, _state_dict_from_file(path), backbone_name, f"backbone.weights_file '{path}'")
+
+
+def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor], backbone_name: str, source: str) -> int:
+    """Copy the matching tensors of a timm state dict into every timm feature extractor of ``model``."""
+    from anomalib.models.components.feature_extractors import TimmFeatureExtractor
+
     extractors = [m for m in model.modules() if isinstance(m, TimmFeatureExtractor)]
     if not extractors:
-        raise ConfigError(f"backbone.weights_file is set but {type(model).__name__} has no timm backbone to load it into")
+        raise ConfigError(f"{source} is set but {type(model).__name__} has no timm backbone to load it into")
     loaded = 0
     for extractor in extractors:
         target = extractor.feature_extractor.state_dict()
@@ -89,10 +93,10 @@ def load_backbone_weights(model: torch.nn.Module, weights_file: str | Path, back
         loaded += len(matching)
     if loaded == 0:
         raise ConfigError(
-            f"backbone.weights_file '{path}' has no tensors that fit backbone '{backbone_name}': "
+            f"{source} has no tensors that fit backbone '{backbone_name}': "
             f"is it a timm state dict of that architecture?"
         )
-    log.info("Loaded %d backbone tensors from %s", loaded, path)
+    log.info("Loaded %d backbone tensors from %s", loaded, source)
     return loaded
 
 
@@ -101,7 +105,15 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
     backbone = cfg.get("backbone") or {}
     pre_trained = bool(cfg.model.get("pre_trained", False))
     weights_file = backbone.get("weights_file")
+    packaged = backbone.get("packaged_weights")
     name = cfg.model.get("backbone", backbone.get("name", "?"))
+    if packaged:
+        from quadra_ad.models.packaged_weights import packaged_state_dict
+
+        state = packaged_state_dict(str(packaged), str(name))
+        model = instantiate_node(cfg, "model", pre_trained=False)
+        load_backbone_state(model, state, str(name), f"backbone.packaged_weights={packaged}")
+        return model
     if weights_file:
         # Local weights replace the download entirely.
         model = instantiate_node(cfg, "model", pre_trained=False)

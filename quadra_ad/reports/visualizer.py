@@ -1,4 +1,4 @@
-"""HeatmapVisualizer: the training task's heatmap callback (off unless ``enabled``).
+"""HeatmapVisualizer: the training task's heatmap callback (off by default in the configs).
 
 Draws the test images after ``trainer.test`` with the same code as the inference task, using
 the thresholds the :class:`ScoreCollector` measured on the validation set.
@@ -15,14 +15,11 @@ from quadra_ad.tasks.score_collector import ScoreCollector
 class HeatmapVisualizer(Callback):
     """Write ``heatmaps/`` (and ``raw_outputs/``) into the run folder after testing."""
 
-    def __init__(self, enabled: bool = False, plot_only_wrong: bool = False, plot_raw_outputs: bool = False) -> None:
-        self.enabled = enabled
+    def __init__(self, plot_only_wrong: bool = False, plot_raw_outputs: bool = False) -> None:
         self.plot_only_wrong = plot_only_wrong
         self.plot_raw_outputs = plot_raw_outputs
 
     def on_test_end(self, trainer, pl_module) -> None:
-        if not self.enabled:
-            return
         collector = next((cb for cb in trainer.callbacks if isinstance(cb, ScoreCollector)), None)
         if collector is None or collector.calibration is None:
             return

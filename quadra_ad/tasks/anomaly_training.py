@@ -7,6 +7,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,12 +24,26 @@ from quadra_ad.scored_set import concat_scored_sets
 from quadra_ad.tasks.base import Task
 from quadra_ad.tasks.score_collector import ScoreCollector
 from quadra_ad.thresholds import Calibration
+from quadra_ad.tracking.lightning_history import read_lightning_history
 from quadra_ad.tracking.run_logger import base_tags, track_run
 
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_FOLDER = "deployment_model"
 RESOLVED_CONFIG = "config_resolved.yaml"
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    """Instantiate every ``callbacks.<name>`` entry that is not null and not ``enabled: false``."""
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        if node.get("enabled", True) is False:
+            continue
+        callback_node = OmegaConf.masked_copy(node, [k for k in node if k != "enabled"])
+        callbacks.append(instantiate_node(OmegaConf.create({"callbacks": {name: callback_node}}), f"callbacks.{name}"))
+    return callbacks
 
 
 class AnomalyTrainingTask(Task):
@@ -56,16 +71,17 @@ class AnomalyTrainingTask(Task):
             )
         self.model = build_model(cfg)
         self.collector = ScoreCollector()
-        callbacks = [self.collector]
-        for name, node in (cfg.get("callbacks") or {}).items():
-            if node is not None and "_target_" in node:
-                callbacks.append(instantiate_node(cfg, f"callbacks.{name}"))
+        callbacks = [self.collector, *build_callbacks(cfg)]
+        self.checkpoint = next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint)), None)
         self.trainer = instantiate_node(
             cfg,
             "trainer",
             callbacks=callbacks,
             logger=CSVLogger(save_dir=str(self.output_dir), name="lightning_logs"),
             default_root_dir=str(self.output_dir),
+            # Checkpoints only when a checkpoint callback is configured: one-pass models would
+            # otherwise write their whole memory bank for nothing.
+            enable_checkpointing=self.checkpoint is not None,
         )
 
     def train(self) -> None:
@@ -79,7 +95,10 @@ class AnomalyTrainingTask(Task):
     def test(self) -> None:
         if not self.config.core.test_after_training:
             return
-        self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+        best = self.checkpoint.best_model_path if self.checkpoint is not None else ""
+        if best:
+            log.info("Testing and exporting the best epoch: %s", best)
+        self.trainer.test(self.model, datamodule=self.datamodule, verbose=False, ckpt_path=best or None)
         if self.datamodule.layout.unknown:
             self.trainer.predict(self.model, dataloaders=self.datamodule.predict_dataloader(), return_predictions=False)
         cal = self.calibration
@@ -121,7 +140,8 @@ class AnomalyTrainingTask(Task):
             self.output_dir / RAW_OUTPUTS_DIR,
             *self.report_files,
         ]
-        self.tracked_run = track_run(self.config, self.output_dir, self.metrics, artifacts, tags)
+        history = read_lightning_history(self.output_dir)
+        self.tracked_run = track_run(self.config, self.output_dir, self.metrics, artifacts, tags, history)
         if self.export_errors:
             raise self.export_errors[0]
 

