@@ -34,8 +34,12 @@ class ExportedModel:
         raise NotImplementedError
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, maps = self.run_graph(images)
-        return torch.as_tensor(scores).float().cpu(), torch.as_tensor(maps).float().cpu()
+        fixed = self.card.fixed_batch_size.get(self.format)
+        chunks = images.split(fixed) if fixed else (images,)
+        outputs = [self.run_graph(chunk) for chunk in chunks]
+        scores = torch.cat([torch.as_tensor(s).float().cpu().reshape(-1) for s, _ in outputs])
+        maps = torch.cat([torch.as_tensor(m).float().cpu() for _, m in outputs])
+        return scores, maps
 
 
 class TorchScriptModel(ExportedModel):

@@ -33,6 +33,10 @@ class ModelCard:
     outputs: list[str] = field(default_factory=lambda: ["pred_score", "anomaly_map"])
     threshold_rule: str = "score >= threshold is anomalous"
     files: dict[str, str] = field(default_factory=dict)
+    #: Formats whose graph only takes this many images at once (others take any batch size).
+    fixed_batch_size: dict[str, int] = field(default_factory=dict)
+    #: False for image-level models: their graph's map is the score broadcast, not a real map.
+    has_anomaly_map: bool = True
     versions: dict[str, str] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION

@@ -26,7 +26,9 @@ def export_torchscript(graph: AnomalyGraph, example: torch.Tensor, folder: Path)
     return path
 
 
-def export_onnx(graph: AnomalyGraph, example: torch.Tensor, folder: Path, opset_version: int | None = None) -> Path:
+def export_onnx(
+    graph: AnomalyGraph, example: torch.Tensor, folder: Path, opset_version: int | None = None, dynamic: bool = True
+) -> Path:
     """Export the graph to ONNX (``model.onnx``) with the dynamo exporter, weights inline."""
     path = folder / "model.onnx"
     for chatty in ("onnxscript", "onnx_ir"):  # they log every optimisation pass at INFO
@@ -39,7 +41,7 @@ def export_onnx(graph: AnomalyGraph, example: torch.Tensor, folder: Path, opset_
             str(path),
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},) if dynamic else None,
             opset_version=opset_version,
             external_data=False,
             verbose=False,
@@ -50,23 +52,66 @@ def export_onnx(graph: AnomalyGraph, example: torch.Tensor, folder: Path, opset_
 WRITERS: dict[str, Callable[..., Path]] = {"torchscript": export_torchscript, "onnx": export_onnx}
 
 
-def export_graph(graph: AnomalyGraph, input_size: list[int], folder: Path, types: list[str], onnx_opset: int | None) -> dict[str, Path]:
-    """Write every requested type into ``folder``; return ``{type: path}``."""
+def _run_exported(export_type: str, path: Path, images: torch.Tensor) -> torch.Tensor:
+    if export_type == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {INPUT_NAME: images.numpy()})[0])
+    with torch.no_grad():
+        return torch.jit.load(str(path))(images)[0]
+
+
+def _reproduces(graph: AnomalyGraph, export_type: str, path: Path, images: torch.Tensor) -> bool:
+    """True when the exported file gives the eager scores on ``images``."""
+    with torch.no_grad():
+        expected = graph(images)[0]
+    try:
+        got = _run_exported(export_type, path, images)
+    except Exception:  # noqa: BLE001 - a graph that cannot run this batch does not reproduce it
+        return False
+    scale = max(1.0, float(expected.abs().max()))
+    return got.shape == expected.shape and float((got - expected).abs().max()) <= 1e-3 * scale
+
+
+def _write(graph: AnomalyGraph, export_type: str, example: torch.Tensor, folder: Path, onnx_opset: int | None, dynamic: bool) -> Path:
+    if export_type == "onnx":
+        return export_onnx(graph, example, folder, onnx_opset, dynamic=dynamic)
+    return export_torchscript(graph, example, folder)
+
+
+def export_graph(
+    graph: AnomalyGraph, input_size: list[int], folder: Path, types: list[str], onnx_opset: int | None
+) -> dict[str, tuple[Path, int | None]]:
+    """Write every requested type into ``folder``; return ``{type: (path, fixed batch size or None)}``.
+
+    Each file is checked against the eager graph on a batch of 3 (not the batch it was traced
+    with): some models bake the batch size into their code (``view(len(x), -1)``), which makes a
+    traced graph fail or, worse, silently drop images. Those are re-exported at batch size 1 and
+    ``model.json`` records it, so inference feeds them one image at a time.
+    """
     unknown = [t for t in types if t not in WRITERS]
     if unknown:
         raise ConfigError(f"export.types: unknown type(s) {unknown}; choose from {sorted(WRITERS)}")
     folder.mkdir(parents=True, exist_ok=True)
     graph = graph.cpu().eval()
-    # Batch 2 so the tracer and exporter do not specialise the batch dimension to 1.
-    example = torch.zeros(2, 3, *input_size)
+    generator = torch.Generator().manual_seed(0)
+    check = torch.randn(3, 3, *input_size, generator=generator)
     written = {}
     for export_type in types:
         log.info("Exporting %s to %s", export_type, folder)
         try:
-            if export_type == "onnx":
-                written[export_type] = export_onnx(graph, example, folder, onnx_opset)
-            else:
-                written[export_type] = WRITERS[export_type](graph, example, folder)
+            # Batch 2 so the tracer and exporter do not specialise the batch dimension to 1.
+            path = _write(graph, export_type, torch.zeros(2, 3, *input_size), folder, onnx_opset, dynamic=True)
+            if _reproduces(graph, export_type, path, check):
+                written[export_type] = (path, None)
+                continue
+            log.warning("%s export does not handle other batch sizes for this model: exporting at batch size 1", export_type)
+            path = _write(graph, export_type, check[:1], folder, onnx_opset, dynamic=False)
+            if not _reproduces(graph, export_type, path, check[:1]):
+                raise ExportError(f"export to {export_type} gives other scores than the trained model; "
+                                  f"remove '{export_type}' from export.types to skip it")
+            written[export_type] = (path, 1)
         except (RuntimeError, torch.jit.Error, NotImplementedError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ExportError(f"export to {export_type} failed for this model: {first_line}; "

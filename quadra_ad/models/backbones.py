@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 HUB_HOST = "huggingface.co"
 
+#: What to do when a model's own download (not its backbone's) fails.
+DOWNLOAD_HINTS = {
+    "Draem": "set model.dtd_dir to a folder of DTD textures (an existing empty folder makes DRAEM use Perlin noise only)",
+}
+
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """True when the weights hub's name resolves within ``timeout_s``."""
@@ -103,7 +108,9 @@ def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor], 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
     """Instantiate ``cfg.model``, handling pretrained and local backbone weights."""
     backbone = cfg.get("backbone") or {}
-    pre_trained = bool(cfg.model.get("pre_trained", False))
+    has_switch = "pre_trained" in cfg.model
+    # Models without a pre_trained argument always download: backbone.pre_trained decides for them.
+    pre_trained = bool(cfg.model.get("pre_trained") if has_switch else backbone.get("pre_trained", True))
     weights_file = backbone.get("weights_file")
     packaged = backbone.get("packaged_weights")
     name = cfg.model.get("backbone", backbone.get("name", "?"))
@@ -111,23 +118,33 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
         from quadra_ad.models.packaged_weights import packaged_state_dict
 
         state = packaged_state_dict(str(packaged), str(name))
-        model = instantiate_node(cfg, "model", pre_trained=False)
+        model = instantiate_node(cfg, "model", pre_trained=False, _convert_="all")
         load_backbone_state(model, state, str(name), f"backbone.packaged_weights={packaged}")
         return model
     if weights_file:
         # Local weights replace the download entirely.
-        model = instantiate_node(cfg, "model", pre_trained=False)
+        model = instantiate_node(cfg, "model", pre_trained=False, _convert_="all")
         load_backbone_weights(model, weights_file, str(name))
         return model
     if pre_trained and not hub_reachable():
         log.warning("%s is not reachable: looking for %s weights in the local cache only", HUB_HOST, name)
         _use_hub_offline()
     try:
-        return instantiate_node(cfg, "model")
+        if not pre_trained and not has_switch:
+            from quadra_ad.models.offline import random_backbone_weights
+
+            with random_backbone_weights():
+                return instantiate_node(cfg, "model", _convert_="all")
+        # Plain lists, not ListConfig: Lightning checkpoints must load with weights_only=True.
+        return instantiate_node(cfg, "model", _convert_="all")
     except Exception as error:
-        if pre_trained and _is_download_failure(error):
+        if _is_download_failure(error):
+            model_name = cfg.model._target_.rsplit(".", 1)[-1]
+            if model_name in DOWNLOAD_HINTS:
+                raise ConfigError(f"{model_name} needs a download that failed (offline?): {DOWNLOAD_HINTS[model_name]}") from error
+            key = "model.pre_trained=false" if has_switch else "backbone.pre_trained=false"
             raise ConfigError(
-                f"cannot get pretrained weights for backbone '{name}' (offline?): set "
-                f"model.pre_trained=false, or backbone.weights_file=<local timm .pth/.safetensors file>"
+                f"cannot download what {cfg.model._target_.rsplit('.', 1)[-1]} needs (backbone '{name}' weights or data; "
+                f"offline?): set {key} for random weights, or backbone.weights_file=<local timm .pth/.safetensors file>"
             ) from error
         raise

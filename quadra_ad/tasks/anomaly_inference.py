@@ -100,10 +100,12 @@ class AnomalyInferenceTask(Task):
         return chosen
 
     def test(self) -> None:
+        has_map = self.model.card.has_anomaly_map
         for loader, target in ((self.datamodule.test_dataloader(), self.labelled), (self.datamodule.predict_dataloader(), self.unknown)):
             for batch in loader:
                 scores, maps = self.model(batch.image)
-                target.add_batch(batch.image_path, batch.gt_label, scores, maps, batch.gt_mask)
+                # Image-level models export a placeholder map: never score or draw it.
+                target.add_batch(batch.image_path, batch.gt_label, scores, maps if has_map else None, batch.gt_mask)
         self.image_threshold, self.pixel_threshold = self._thresholds()
         self.metrics = scored_set_metrics(self.labelled, self.image_threshold, self.pixel_threshold)
         card = self.model.card

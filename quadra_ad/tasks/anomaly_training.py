@@ -53,7 +53,7 @@ class AnomalyTrainingTask(Task):
         super().__init__(config, output_dir)
         self.calibration: Calibration | None = None
         self.metrics: dict[str, float] = {}
-        self.exported: dict[str, Path] = {}
+        self.exported: dict[str, tuple[Path, int | None]] = {}
         self.export_errors: list[QuadraADError] = []
         self.tracked_run = None
         self.report_files: list[Path] = []
@@ -155,7 +155,9 @@ class AnomalyTrainingTask(Task):
             mean=list(dm.mean),
             std=list(dm.std),
             task_type=dm.layout.task_type,
-            files={k: p.name for k, p in self.exported.items()},
+            files={k: p.name for k, (p, _) in self.exported.items()},
+            fixed_batch_size={k: b for k, (_, b) in self.exported.items() if b is not None},
+            has_anomaly_map=self.collector.test.has_maps or self.collector.validation.has_maps,
             versions=package_versions(),
             training={
                 "experiment_name": _tracking_value(self.config, "experiment_name"),
