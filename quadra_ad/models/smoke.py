@@ -1,0 +1,81 @@
+"""Smoke-run recipes: every model on CPU in seconds, offline, with random backbone weights.
+
+Used by the model tests and by ``scripts/support_matrix.py``. A recipe is the smallest input
+size a model runs at, the backbone to use, and the local stand-ins for what a model would
+otherwise download (an empty DTD folder for DRAEM; a random teacher and a tiny ImageNette for
+EfficientAd). Scores from random weights only prove the mechanics, not the quality.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class SmokeRecipe:
+    size: int
+    backbone: str | None = "resnet18"
+    epochs: int = 1
+    slow: bool = False
+    extra: tuple[str, ...] = ()
+
+
+RECIPES: dict[str, SmokeRecipe] = {
+    "padim": SmokeRecipe(64),
+    "patchcore": SmokeRecipe(64),
+    "fastflow": SmokeRecipe(64),
+    "stfpm": SmokeRecipe(64),
+    "reverse_distillation": SmokeRecipe(64),
+    "dfm": SmokeRecipe(64),
+    "dfkde": SmokeRecipe(64),
+    "uflow": SmokeRecipe(64),
+    "supersimplenet": SmokeRecipe(128, slow=True),
+    "draem": SmokeRecipe(64, backbone=None, slow=True),
+    "efficient_ad": SmokeRecipe(256, backbone=None, epochs=2, slow=True),
+    # At 128 px an image has 16 feature fibres; the default fibre batch (64) needs 4 images.
+    "cflow": SmokeRecipe(128, slow=True, extra=("model.fiber_batch_size=16",)),
+    "csflow": SmokeRecipe(128, backbone=None, slow=True),
+}
+
+
+def _efficient_ad_stand_ins(folder: Path) -> list[str]:
+    """A random teacher file and a two-class ImageNette stand-in."""
+    from anomalib.models import EfficientAd
+
+    teacher = folder / "pretrained_teacher_small.pth"
+    torch.save(EfficientAd(model_size="small", pre_processor=False, visualizer=False).model.teacher.state_dict(), teacher)
+    rng = np.random.default_rng(0)
+    for name in ("n01440764", "n02102040"):
+        (folder / "imagenette" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            cv2.imwrite(str(folder / "imagenette" / name / f"{i}.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    return [f"model.teacher_weights={teacher}", f"model.imagenet_dir={folder / 'imagenette'}"]
+
+
+def smoke_overrides(model: str, data: Path, folder: Path) -> list[str]:
+    """Overrides that run ``experiment=base/anomaly/<model>`` on ``data`` as a smoke run."""
+    recipe = RECIPES[model]
+    overrides = [
+        f"experiment=base/anomaly/{model}",
+        f"datamodule.data_path={data}",
+        f"transforms.input_size=[{recipe.size},{recipe.size}]",
+        "backbone.pre_trained=false",
+        "datamodule.num_workers=0",
+        "datamodule.test_batch_size=8",
+        f"trainer.max_epochs={recipe.epochs}",
+        "trainer.enable_progress_bar=false",
+    ]
+    if model != "efficient_ad":
+        overrides.append("datamodule.train_batch_size=10")
+    overrides += list(recipe.extra)
+    if recipe.backbone:
+        overrides.append(f"backbone={recipe.backbone}")
+    if model == "draem":
+        (folder / "dtd").mkdir(parents=True, exist_ok=True)
+        overrides.append(f"model.dtd_dir={folder / 'dtd'}")
+    if model == "efficient_ad":
+        overrides += _efficient_ad_stand_ins(folder)
+    return overrides
