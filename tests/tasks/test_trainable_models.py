@@ -1,0 +1,60 @@
+"""Trainable models: per-epoch losses reach MLflow, the best epoch is checkpointed and exported,
+and the batch-size finder runs when switched on."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from quadra_ad.config.compose import compose_config
+from quadra_ad.run import run
+from tests.conftest import IMAGE_SIZE
+
+
+def stfpm_config(data, tracking_dir, *extra):
+    overrides = [
+        "experiment=base/anomaly/stfpm",
+        f"datamodule.data_path={data}",
+        "backbone.pre_trained=false",
+        "transforms.input_size=[64,64]",
+        "datamodule.num_workers=0",
+        "datamodule.train_batch_size=4",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
+        "export.types=[]",
+    ]
+    overrides.append(f"logger.mlflow.tracking_uri=sqlite:///{tracking_dir}/mlflow.db" if tracking_dir else "~logger")
+    return compose_config(overrides + list(extra))
+
+
+def test_per_epoch_losses_and_validation_auroc_reach_mlflow(segmentation_dataset, tmp_path):
+    task = run(stfpm_config(segmentation_dataset, tmp_path), output_dir=tmp_path / "run")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    losses = client.get_metric_history(task.tracked_run.run_id, "train_loss_epoch")
+    assert [m.step for m in losses] == [0, 1, 2]
+    assert len(client.get_metric_history(task.tracked_run.run_id, "val_image_AUROC")) == 3
+
+
+def test_best_validation_epoch_is_checkpointed_and_tested(segmentation_dataset, tmp_path):
+    task = run(stfpm_config(segmentation_dataset, None), output_dir=tmp_path / "run")
+    best = task.checkpoint.best_model_path
+    assert best and best.endswith(".ckpt")
+    assert task.checkpoint.best_model_score is not None
+    assert len(list((tmp_path / "run").rglob("*.ckpt"))) == 1  # save_top_k=1
+
+
+def test_one_pass_models_write_no_checkpoint(segmentation_dataset, tmp_path):
+    cfg = compose_config([
+        "experiment=base/anomaly/padim", f"datamodule.data_path={segmentation_dataset}", "backbone.pre_trained=false",
+        f"transforms.input_size=[{IMAGE_SIZE},{IMAGE_SIZE}]", "datamodule.num_workers=0", "export.types=[]", "~logger",
+    ])
+    task = run(cfg, output_dir=tmp_path / "run")
+    assert task.checkpoint is None and not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+def test_batch_size_finder_runs_when_enabled(segmentation_dataset, tmp_path):
+    task = run(
+        stfpm_config(segmentation_dataset, None, "callbacks.batch_size_finder.enabled=true",
+                     "+callbacks.batch_size_finder.max_trials=2", "trainer.max_epochs=1"),
+        output_dir=tmp_path / "run",
+    )
+    assert task.datamodule.train_batch_size in (4, 8, 16)
+    assert "image_AUROC" in task.metrics
