@@ -72,6 +72,7 @@ def run_one(model: str, data: Path, folder: Path) -> dict:
         same_auroc = inference.metrics.get("image_AUROC") == task.metrics.get("image_AUROC")
         row[f"{export_type}_max_diff"] = float(f"{worst:.2g}")
         row[f"{export_type}_parity"] = worst <= TOLERANCE[export_type] * scale and same_auroc
+        row["batch_dependent"] = recipe.batch_dependent
     return row
 
 
@@ -95,6 +96,8 @@ def markdown(rows: list[dict], machine: str) -> str:
         if row.get("fit") == "yes":
             checks = [row.get(f"{t}_parity") for t in ("torchscript", "onnx") if f"{t}_parity" in row]
             parity = "yes" if checks and all(checks) else "no"
+            if parity == "no" and row.get("batch_dependent"):
+                parity = "no: scores depend on the batch"
         lines.append(
             f"| {row['model']} | {row['input_size']} | {row.get('fit', '–')} | {_cell(row, 'torchscript')} | "
             f"{_cell(row, 'onnx')} | {parity} | {row.get('s_per_epoch', '–')} |"

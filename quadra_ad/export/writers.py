@@ -85,8 +85,8 @@ def export_graph(
 ) -> dict[str, tuple[Path, int | None]]:
     """Write every requested type into ``folder``; return ``{type: (path, fixed batch size or None)}``.
 
-    Each file is checked against the eager graph on a batch of 3 (not the batch it was traced
-    with): some models bake the batch size into their code (``view(len(x), -1)``), which makes a
+    Each file is checked against the eager graph on batches of 3 and 1 (not the batch it was
+    traced with): some models bake the batch size into their code (``view(len(x), -1)``), which makes a
     traced graph fail or, worse, silently drop images. Those are re-exported at batch size 1 and
     ``model.json`` records it, so inference feeds them one image at a time.
     """
@@ -103,7 +103,7 @@ def export_graph(
         try:
             # Batch 2 so the tracer and exporter do not specialise the batch dimension to 1.
             path = _write(graph, export_type, torch.zeros(2, 3, *input_size), folder, onnx_opset, dynamic=True)
-            if _reproduces(graph, export_type, path, check):
+            if _reproduces(graph, export_type, path, check) and _reproduces(graph, export_type, path, check[:1]):
                 written[export_type] = (path, None)
                 continue
             log.warning("%s export does not handle other batch sizes for this model: exporting at batch size 1", export_type)

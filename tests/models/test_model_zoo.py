@@ -45,6 +45,9 @@ def test_model_trains_exports_and_reproduces_its_scores_at_inference(model, data
         ])
         inference = run(cfg, output_dir=tmp_path / f"infer_{file_name}")
         got = dict(zip(inference.labelled.image_paths, inference.labelled.scores))
+        assert set(got) == set(expected)
+        if RECIPES[model].batch_dependent:
+            continue  # scores depend on batch composition (see SmokeRecipe.batch_dependent)
         worst = max(abs(got[p] - expected[p]) for p in expected)
         scale = max(1.0, max(abs(v) for v in expected.values()))
         assert worst <= tolerance * scale, (file_name, worst)
