@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: install install-test demo test
+.PHONY: install install-test demo test test-slow
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +23,7 @@ demo: install
 
 test: install-test
 	$(VENV)/bin/python -m pytest
+
+# The slow tests (heavy models at their smallest sizes, sweeps, wheel build): CI runs them too.
+test-slow: install-test
+	$(VENV)/bin/python -m pytest -m slow

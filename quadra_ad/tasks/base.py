@@ -18,6 +18,7 @@ class Task:
     def __init__(self, config: DictConfig, output_dir: Path) -> None:
         self.config = config
         self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
 
     def prepare(self) -> None:
         """Build everything the later steps need (data, model, trainer)."""
