@@ -72,6 +72,13 @@ class AnomalyTrainingTask(Task):
         self.model = build_model(cfg)
         self.collector = ScoreCollector()
         callbacks = [self.collector, *build_callbacks(cfg)]
+        labels = {s.label for s in self.datamodule.layout.test if s.label is not None}
+        if labels != {0, 1}:
+            # val_image_AUROC needs good and anomalous images: without it there is no best epoch.
+            dropped = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor == "val_image_AUROC"]
+            if dropped:
+                log.warning("The test images are not both good and anomalous: no best-epoch checkpoint; the last epoch is used.")
+            callbacks = [cb for cb in callbacks if cb not in dropped]
         self.checkpoint = next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint)), None)
         self.trainer = instantiate_node(
             cfg,

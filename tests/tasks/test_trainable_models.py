@@ -58,3 +58,12 @@ def test_batch_size_finder_runs_when_enabled(segmentation_dataset, tmp_path):
     )
     assert task.datamodule.train_batch_size in (4, 8, 16)
     assert "image_AUROC" in task.metrics
+
+
+def test_trainable_model_without_anomalous_test_images_uses_the_last_epoch(tmp_path):
+    from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", n_train=6, n_test_good=3, n_test_defect=0, size=64)
+    task = run(stfpm_config(data, None, "trainer.max_epochs=2"), output_dir=tmp_path / "run")
+    assert task.checkpoint is None
+    assert "image_AUROC" not in task.metrics and task.metrics["image_fp"] >= 0
