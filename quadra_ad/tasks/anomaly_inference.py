@@ -19,7 +19,6 @@ from quadra_ad.reports.report import ScoreScale, write_report
 from quadra_ad.scored_set import ScoredSet, concat_scored_sets
 from quadra_ad.tasks.base import Task
 from quadra_ad.thresholds import calibrate, normalize_scores
-from quadra_ad.tracking.run_logger import base_tags, track_run
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +63,7 @@ class AnomalyInferenceTask(Task):
         self.plot_raw_outputs = plot_raw_outputs
         self.labelled = ScoredSet()
         self.unknown = ScoredSet()
-        self.metrics: dict[str, float] = {}
         self.threshold_source = ""
-        self.tracked_run = None
         self.report_files: list[Path] = []
 
     def prepare(self) -> None:
@@ -150,10 +147,9 @@ class AnomalyInferenceTask(Task):
             for part in (self.labelled, self.unknown):
                 write_heatmaps(part, self.datamodule.preparation, self.output_dir, settings)
 
-    def finalize(self) -> None:
-        print(f"quadra-ad: run folder {self.output_dir}")
+    def tracking_tags(self) -> dict[str, str]:
         card = self.model.card
-        tags = base_tags(self.config, self.output_dir, type(self).__name__)
+        tags = super().tracking_tags()
         tags.update({
             "quadra_ad.model": card.model_class.rsplit(".", 1)[-1],
             "quadra_ad.model_path": str(Path(self.model_path).expanduser().resolve()),
@@ -162,9 +158,11 @@ class AnomalyInferenceTask(Task):
             "quadra_ad.threshold_source": self.threshold_source,
             "quadra_ad.training_run_folder": str(card.training.get("run_folder", "")),
         })
-        artifacts = [self.output_dir / RESOLVED_CONFIG, self.output_dir / ".hydra", self.output_dir / HEATMAPS_DIR,
-                     self.output_dir / RAW_OUTPUTS_DIR, *self.report_files]
-        self.tracked_run = track_run(self.config, self.output_dir, self.metrics, artifacts, tags)
+        return tags
+
+    def tracking_artifacts(self) -> list[Path]:
+        return [self.output_dir / RESOLVED_CONFIG, self.output_dir / ".hydra", self.output_dir / HEATMAPS_DIR,
+                self.output_dir / RAW_OUTPUTS_DIR, *self.report_files]
 
 
 def _tensor(value: float):

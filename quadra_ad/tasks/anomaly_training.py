@@ -25,7 +25,6 @@ from quadra_ad.tasks.base import Task
 from quadra_ad.tasks.score_collector import ScoreCollector
 from quadra_ad.thresholds import Calibration
 from quadra_ad.tracking.lightning_history import read_lightning_history
-from quadra_ad.tracking.run_logger import base_tags, track_run
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,8 @@ class AnomalyTrainingTask(Task):
     def __init__(self, config: DictConfig, output_dir: Path) -> None:
         super().__init__(config, output_dir)
         self.calibration: Calibration | None = None
-        self.metrics: dict[str, float] = {}
         self.exported: dict[str, tuple[Path, int | None]] = {}
         self.export_errors: list[QuadraADError] = []
-        self.tracked_run = None
         self.report_files: list[Path] = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -136,10 +133,17 @@ class AnomalyTrainingTask(Task):
         self.report_files = write_report(scored, self.metrics, cal.image_threshold, scale, self.output_dir)
 
     def finalize(self) -> None:
-        print(f"quadra-ad: run folder {self.output_dir}")
-        tags = base_tags(self.config, self.output_dir, type(self).__name__)
+        super().finalize()
+        if self.export_errors:
+            raise self.export_errors[0]
+
+    def tracking_tags(self) -> dict[str, str]:
+        tags = super().tracking_tags()
         tags.update({"quadra_ad.model": type(self.model).__name__, "quadra_ad.dataset": str(self.datamodule.layout.root)})
-        artifacts = [
+        return tags
+
+    def tracking_artifacts(self) -> list[Path]:
+        return [
             self.output_dir / RESOLVED_CONFIG,
             self.output_dir / ".hydra",
             self.output_dir / DEPLOYMENT_FOLDER,
@@ -147,10 +151,9 @@ class AnomalyTrainingTask(Task):
             self.output_dir / RAW_OUTPUTS_DIR,
             *self.report_files,
         ]
-        history = read_lightning_history(self.output_dir)
-        self.tracked_run = track_run(self.config, self.output_dir, self.metrics, artifacts, tags, history)
-        if self.export_errors:
-            raise self.export_errors[0]
+
+    def tracking_history(self) -> dict:
+        return read_lightning_history(self.output_dir)
 
     # -- helpers ---------------------------------------------------------------------------
     def _model_card(self) -> ModelCard:

@@ -2,6 +2,8 @@
 
 A task is ``prepare → train → test → export → report → finalize``; the CLI only builds the task
 named in the config and calls :meth:`Task.execute`. Steps a task does not need stay no-ops.
+Once ``prepare`` has succeeded, every run reaches the tracker: FINISHED after ``finalize``,
+FAILED when a step raises, KILLED on Ctrl-C — never left RUNNING.
 """
 
 import logging
@@ -19,6 +21,8 @@ class Task:
         self.config = config
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics: dict[str, float] = {}
+        self.tracked_run = None
 
     def prepare(self) -> None:
         """Build everything the later steps need (data, model, trainer)."""
@@ -37,9 +41,50 @@ class Task:
 
     def finalize(self) -> None:
         """Log the run to the tracker. Must never lose what is already on disk."""
+        print(f"quadra-ad: run folder {self.output_dir}")
+        self.track("FINISHED")
+
+    # -- tracking --------------------------------------------------------------------------
+    def tracking_tags(self) -> dict[str, str]:
+        from quadra_ad.tracking.run_logger import base_tags
+
+        return base_tags(self.config, self.output_dir, type(self).__name__)
+
+    def tracking_artifacts(self) -> list[Path]:
+        return []
+
+    def tracking_history(self) -> dict | None:
+        return None
+
+    def track(self, status: str, error: BaseException | None = None) -> None:
+        """Log the run with ``status``; an error's first line becomes the ``quadra_ad.error`` tag."""
+        from quadra_ad.tracking.run_logger import track_run
+
+        tags = self.tracking_tags()
+        if error is not None:
+            text = str(error).strip()
+            tags["quadra_ad.error"] = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+        self.tracked_run = track_run(
+            self.config, self.output_dir, self.metrics, self.tracking_artifacts(), tags, self.tracking_history(), status=status
+        )
 
     def execute(self) -> None:
-        """Run every step in order."""
-        for step in (self.prepare, self.train, self.test, self.export, self.report, self.finalize):
-            log.debug("Task step: %s", step.__name__)
-            step()
+        """Run every step in order; an interrupted or failed run is still tracked."""
+        self.prepare()
+        try:
+            for step in (self.train, self.test, self.export, self.report):
+                log.debug("Task step: %s", step.__name__)
+                step()
+        except KeyboardInterrupt as interrupt:
+            self._track_unfinished("KILLED", interrupt)
+            raise
+        except Exception as error:
+            self._track_unfinished("FAILED", error)
+            raise
+        self.finalize()
+
+    def _track_unfinished(self, status: str, error: BaseException) -> None:
+        try:
+            self.track(status, error)
+        except Exception:  # noqa: BLE001 - the original error is the one the user must see
+            log.debug("could not track the %s run", status, exc_info=True)

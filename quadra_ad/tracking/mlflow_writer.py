@@ -61,8 +61,11 @@ def log_run(
     tags: dict[str, str] | None = None,
     artifact_location: str | None = None,
     metric_history: dict[str, list[tuple[int, float]]] | None = None,
+    status: str = "FINISHED",
 ) -> TrackedRun:
-    """Create one run holding params, metrics (plus per-step histories), tags and artifacts; mark it FINISHED.
+    """Create one run holding params, metrics (plus per-step histories), tags and artifacts.
+
+    The run ends with ``status`` (FINISHED, FAILED or KILLED).
 
     A failure after the run exists marks it FAILED before re-raising.
     """
@@ -85,7 +88,7 @@ def log_run(
                 client.log_artifacts(run_id, str(artifact), artifact_path=artifact.name)
             elif artifact.is_file():
                 client.log_artifact(run_id, str(artifact))
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        client.set_terminated(run_id, status)
     except BaseException:
         try:
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))

@@ -1,5 +1,6 @@
 """Log a finished task to MLflow from its config, or say in one line why it was not logged."""
 
+import json
 import logging
 import platform
 import shlex
@@ -33,38 +34,72 @@ def track_run(
     artifacts: list[Path],
     tags: dict[str, str],
     metric_history: dict[str, list[tuple[int, float]]] | None = None,
+    status: str = "FINISHED",
 ):
     """Log one run as ``logger.mlflow`` says; return the TrackedRun, or None when not logged.
 
+    Everything the run needs is first written to ``<run folder>/mlflow_run.json``, so a run that
+    could not be logged (server down) can be uploaded later with ``quadra-ad-upload``.
     Never raises: the outputs are already on disk and stay there whatever happens here.
     """
     mlflow_cfg = (config.get("logger") or {}).get("mlflow")
     if not mlflow_cfg:
         log.info("No logger.mlflow configured: the run is on disk only.")
         return None
+    request = {
+        "tracking_uri": str(mlflow_cfg.tracking_uri),
+        "experiment_name": str(mlflow_cfg.experiment_name),
+        "run_name": mlflow_cfg.get("run_name"),
+        "params": flatten_config(config),
+        "metrics": metrics,
+        "artifacts": [str(p.relative_to(output_dir)) for p in artifacts if p.exists()]
+        if config.core.get("upload_artifacts", True) else [],
+        "tags": tags,
+        "artifact_location": mlflow_cfg.get("artifact_location"),
+        "metric_history": metric_history or {},
+        "status": status,
+    }
+    request_path = Path(output_dir) / REQUEST_FILE
+    request_path.write_text(json.dumps(request, indent=2) + "\n", encoding="utf-8")
+    return upload_request(request_path)
+
+
+REQUEST_FILE = "mlflow_run.json"
+
+
+def upload_request(request_path: Path, tracking_uri: str | None = None, experiment_name: str | None = None):
+    """Log the run described by a ``mlflow_run.json``; None (and one line on stderr) on failure."""
+    request = json.loads(Path(request_path).read_text(encoding="utf-8"))
+    run_dir = Path(request_path).parent
+    request["tracking_uri"] = tracking_uri or request["tracking_uri"]
+    request["experiment_name"] = experiment_name or request["experiment_name"]
     try:
         from quadra_ad.tracking.mlflow_writer import log_run
 
         tracked = log_run(
-            tracking_uri=str(mlflow_cfg.tracking_uri),
-            experiment_name=str(mlflow_cfg.experiment_name),
-            run_name=mlflow_cfg.get("run_name"),
-            params=flatten_config(config),
-            metrics=metrics,
-            artifacts=[p for p in artifacts if p.exists()] if config.core.get("upload_artifacts", True) else [],
-            tags=tags,
-            artifact_location=mlflow_cfg.get("artifact_location"),
-            metric_history=metric_history,
+            tracking_uri=request["tracking_uri"],
+            experiment_name=request["experiment_name"],
+            run_name=request.get("run_name"),
+            params=request["params"],
+            metrics=request["metrics"],
+            artifacts=[run_dir / p for p in request["artifacts"] if (run_dir / p).exists()],
+            tags=request["tags"],
+            artifact_location=request.get("artifact_location"),
+            metric_history={k: [tuple(p) for p in v] for k, v in request.get("metric_history", {}).items()},
+            status=request.get("status", "FINISHED"),
         )
     except Exception as error:  # noqa: BLE001 - tracking must never lose a finished run
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         print(
-            f"quadra-ad: MLflow tracking failed ({type(error).__name__}: {first_line}); "
-            f"all outputs are safe in {output_dir}",
+            f"quadra-ad: MLflow tracking failed ({type(error).__name__}: {first_line}); all outputs are safe in "
+            f"{run_dir}; log them later with: quadra-ad-upload {run_dir}",
             file=sys.stderr,
         )
         log.debug("tracking failure", exc_info=True)
         return None
-    print(f"quadra-ad: logged MLflow run {tracked.run_id} in experiment '{tracked.experiment_name}' at {tracked.tracking_uri}")
+    request["logged_run_id"] = tracked.run_id
+    Path(request_path).write_text(json.dumps(request, indent=2) + "\n", encoding="utf-8")
+    print(f"quadra-ad: logged MLflow run {tracked.run_id} ({request.get('status', 'FINISHED')}) in experiment "
+          f"'{tracked.experiment_name}' at {tracked.tracking_uri}")
     print(f"quadra-ad: to browse it: {tracked.ui_hint()}")
     return tracked

@@ -1,0 +1,38 @@
+"""``quadra-ad-upload RUN_FOLDER``: log a finished run to MLflow after the fact.
+
+For runs whose tracking failed (server down, no network): the run folder keeps everything in
+``mlflow_run.json`` and the files it names.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from quadra_ad.tracking.run_logger import REQUEST_FILE, upload_request
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="quadra-ad-upload", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_folder", type=Path, help="the run folder quadra-ad printed")
+    parser.add_argument("--tracking-uri", help="log there instead of the URI the run was configured with")
+    parser.add_argument("--experiment-name", help="log under this experiment instead")
+    parser.add_argument("--force", action="store_true", help="log again even if this run was logged already")
+    args = parser.parse_args(argv)
+    request = args.run_folder / REQUEST_FILE
+    if not request.is_file():
+        print(f"quadra-ad-upload: error: no {REQUEST_FILE} in '{args.run_folder}': is it a quadra-ad run folder "
+              f"with MLflow logging configured?", file=sys.stderr)
+        return 2
+    import json
+
+    logged = json.loads(request.read_text(encoding="utf-8")).get("logged_run_id")
+    if logged and not args.force:
+        print(f"quadra-ad-upload: error: '{args.run_folder}' is already logged as MLflow run {logged}; "
+              f"add --force to log it again", file=sys.stderr)
+        return 2
+    return 0 if upload_request(request, args.tracking_uri, args.experiment_name) is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

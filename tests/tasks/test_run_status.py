@@ -1,0 +1,81 @@
+"""Every run that got past prepare reaches MLflow with the right status, and a run whose
+tracking failed can be uploaded later with quadra-ad-upload."""
+
+import json
+import socket
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from quadra_ad.run import run
+from quadra_ad.tasks.anomaly_training import AnomalyTrainingTask
+from quadra_ad.upload_cli import main as upload_main
+from tests.conftest import training_config
+
+
+def _only_run(tracking_dir):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tracking_dir}/mlflow.db")
+    experiment = client.get_experiment_by_name("padim")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_a_step_that_raises_ends_the_run_failed(segmentation_dataset, tmp_path, monkeypatch):
+    def broken_test(self):
+        raise RuntimeError("boom in test")
+
+    monkeypatch.setattr(AnomalyTrainingTask, "test", broken_test)  # stands in for any crash mid-run
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, tmp_path, "export.types=[]")
+    with pytest.raises(RuntimeError, match="boom"):
+        run(cfg, output_dir=tmp_path / "run")
+    _, mlflow_run = _only_run(tmp_path)
+    assert mlflow_run.info.status == "FAILED"
+    assert mlflow_run.data.tags["quadra_ad.error"] == "RuntimeError: boom in test"
+    assert mlflow_run.data.params["model.backbone"] == "resnet18"
+
+
+def test_ctrl_c_ends_the_run_killed(segmentation_dataset, tmp_path, monkeypatch):
+    def interrupted_train(self):
+        raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+
+    monkeypatch.setattr(AnomalyTrainingTask, "train", interrupted_train)
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, tmp_path, "export.types=[]")
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, output_dir=tmp_path / "run")
+    _, mlflow_run = _only_run(tmp_path)
+    assert mlflow_run.info.status == "KILLED"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_server_down_keeps_outputs_and_the_run_uploads_later(segmentation_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    cfg = training_config(
+        "base/anomaly/padim", segmentation_dataset, None, "export.types=[torchscript]",
+        f"+logger.mlflow.tracking_uri=http://127.0.0.1:{_closed_port()}", "+logger.mlflow.experiment_name=padim",
+    )
+    task = run(cfg, output_dir=tmp_path / "run")
+    assert task.tracked_run is None and (tmp_path / "run" / "deployment_model" / "model.pt").is_file()
+    err = capsys.readouterr().err
+    assert f"quadra-ad-upload {tmp_path / 'run'}" in err
+
+    assert upload_main([str(tmp_path / "run"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 0
+    client, mlflow_run = _only_run(tmp_path)
+    assert mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.data.metrics["image_AUROC"] == pytest.approx(task.metrics["image_AUROC"])
+    assert "deployment_model" in {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
+    request = json.loads((tmp_path / "run" / "mlflow_run.json").read_text())
+    assert request["logged_run_id"] == mlflow_run.info.run_id
+    # A second upload is refused unless forced.
+    assert upload_main([str(tmp_path / "run"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
+
+
+def test_upload_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert upload_main([str(tmp_path)]) == 2
+    assert "no mlflow_run.json" in capsys.readouterr().err
