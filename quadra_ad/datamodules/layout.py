@@ -46,6 +46,17 @@ class AnomalyLayout:
     def task_type(self) -> str:
         return "segmentation" if self.has_masks else "classification"
 
+    def fingerprint(self) -> str:
+        """Short content hash of the file list (relative paths and sizes of images and masks)."""
+        import hashlib
+
+        samples = (*self.train, *self.test, *self.unknown)
+        files = [s.image_path for s in samples] + [s.mask_path for s in samples if s.mask_path is not None]
+        digest = hashlib.sha256()
+        for path in sorted(files):
+            digest.update(f"{path.relative_to(self.root).as_posix()}:{path.stat().st_size}\n".encode())
+        return digest.hexdigest()[:16]
+
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))

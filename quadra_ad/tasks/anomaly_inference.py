@@ -155,6 +155,7 @@ class AnomalyInferenceTask(Task):
             "quadra_ad.model_path": str(Path(self.model_path).expanduser().resolve()),
             "quadra_ad.model_format": self.model.format,
             "quadra_ad.dataset": str(self.datamodule.layout.root),
+            "quadra_ad.dataset_hash": self.datamodule.layout.fingerprint(),
             "quadra_ad.threshold_source": self.threshold_source,
             "quadra_ad.training_run_folder": str(card.training.get("run_folder", "")),
         })

@@ -139,7 +139,11 @@ class AnomalyTrainingTask(Task):
 
     def tracking_tags(self) -> dict[str, str]:
         tags = super().tracking_tags()
-        tags.update({"quadra_ad.model": type(self.model).__name__, "quadra_ad.dataset": str(self.datamodule.layout.root)})
+        tags.update({
+            "quadra_ad.model": type(self.model).__name__,
+            "quadra_ad.dataset": str(self.datamodule.layout.root),
+            "quadra_ad.dataset_hash": self.datamodule.layout.fingerprint(),
+        })
         return tags
 
     def tracking_artifacts(self) -> list[Path]:

@@ -15,16 +15,47 @@ from quadra_ad.tracking.params import flatten_config
 log = logging.getLogger(__name__)
 
 
+def _git_commit(folder: Path) -> str:
+    """Commit of the git checkout ``folder`` is in, or '' when there is none."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _sweep_tags() -> dict[str, str]:
+    """Sweep folder and job number when running inside a Hydra multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except (ImportError, ValueError):
+        return {}
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return {}
+    return {"quadra_ad.sweep": str(Path(hydra_cfg.sweep.dir).resolve()), "quadra_ad.sweep_job": str(hydra_cfg.job.num)}
+
+
 def base_tags(config: DictConfig, output_dir: Path, task_name: str) -> dict[str, str]:
-    """Tags every run carries: version, task, run folder, command line, host, user tag."""
-    return {
+    """Tags every run carries: versions, task, run folder, command line, git commit, host, sweep, user tag."""
+    from quadra_ad.export.model_json import package_versions
+
+    tags = {
         "quadra_ad.version": quadra_ad.__version__,
         "quadra_ad.task": task_name,
         "quadra_ad.run_folder": str(output_dir),
         "quadra_ad.command": shlex.join(["quadra-ad", *sys.argv[1:]]),
         "quadra_ad.host": platform.node(),
         "quadra_ad.tag": str(config.core.get("tag") or ""),
+        "quadra_ad.git_commit": _git_commit(Path.cwd()),
     }
+    tags.update({f"version.{name}": value for name, value in package_versions().items()})
+    tags.update(_sweep_tags())
+    return tags
 
 
 def track_run(

@@ -52,6 +52,10 @@ def test_training_logs_params_metrics_and_artifacts_to_mlflow(trained):
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
     mlflow_run = client.get_run(run_info.run_id)
     assert mlflow_run.info.status == "FINISHED"
+    tags = mlflow_run.data.tags
+    assert tags["quadra_ad.model"] in ("Padim", "Patchcore") and len(tags["quadra_ad.dataset_hash"]) == 16
+    assert {"version.anomalib", "version.torch", "version.lightning", "version.quadra_ad"} <= set(tags)
+    assert "quadra_ad.git_commit" in tags and "quadra_ad.command" in tags
     assert mlflow_run.data.params["model.backbone"] == "resnet18"
     assert mlflow_run.data.params["datamodule.data_path"] == str(task.datamodule.data_path)
     assert mlflow_run.data.metrics["image_AUROC"] == pytest.approx(task.metrics["image_AUROC"])
