@@ -81,8 +81,8 @@ def scored_set_metrics(scored: ScoredSet, image_threshold: float, pixel_threshol
     metrics = image_metrics(scored.score_tensor(labelled), scored.label_tensor(labelled), image_threshold)
     metrics["image_threshold"] = image_threshold
     if scored.has_masks and scored.has_maps and pixel_threshold is not None:
-        maps = torch.stack([scored.maps[i] for i in labelled])
-        masks = torch.stack([scored.masks[i] for i in labelled])
+        maps = scored.map_tensor(labelled)
+        masks = scored.mask_tensor(labelled)
         metrics.update(pixel_metrics(maps, masks, pixel_threshold))
         if bool(masks.any()):
             metrics["pixel_AUPRO"] = aupro(maps, masks)

@@ -57,11 +57,13 @@ class ScoredSet:
     def has_masks(self) -> bool:
         return len(self.masks) == len(self) and len(self) > 0
 
-    def map_tensor(self) -> torch.Tensor:
-        return torch.stack(self.maps)
+    def map_tensor(self, indices: list[int]) -> torch.Tensor:
+        """Anomaly maps of ``indices`` stacked into (N, H, W)."""
+        return torch.stack([self.maps[i] for i in indices])
 
-    def mask_tensor(self) -> torch.Tensor:
-        return torch.stack(self.masks)
+    def mask_tensor(self, indices: list[int]) -> torch.Tensor:
+        """Ground-truth masks of ``indices`` stacked into (N, H, W)."""
+        return torch.stack([self.masks[i] for i in indices])
 
 
 def _defect_type(image_path) -> str:

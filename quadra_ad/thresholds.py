@@ -79,10 +79,10 @@ def calibrate(scored: "ScoredSet") -> Calibration:
         image_max=float(scores.max()),
     )
     if scored.has_maps:
-        maps = torch.stack([scored.maps[i] for i in labelled])
+        maps = scored.map_tensor(labelled)
         calibration.pixel_min = float(maps.min())
         calibration.pixel_max = float(maps.max())
         if scored.has_masks:
-            masks = torch.stack([scored.masks[i] for i in labelled])
+            masks = scored.mask_tensor(labelled)
             calibration.pixel_threshold = f1_optimal_threshold(maps, masks)
     return calibration
