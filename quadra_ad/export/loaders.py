@@ -20,11 +20,14 @@ ONNX_SUFFIXES = (".onnx",)
 
 
 class ExportedModel:
-    """A loaded graph: ``model(images) -> (raw scores (B,), raw maps (B, 1, H, W))`` as CPU tensors."""
+    """A loaded graph: ``model(images) -> (raw scores (B,), raw maps (B, 1, H, W))`` as CPU tensors.
+
+    ``card`` may be None only for :meth:`run_graph` (the exporter's own check of a fresh file).
+    """
 
     format: str = ""
 
-    def __init__(self, path: Path, card: ModelCard, device: str) -> None:
+    def __init__(self, path: Path, card: ModelCard | None, device: str) -> None:
         self.path = path
         self.card = card
         self.device = device
@@ -45,7 +48,7 @@ class ExportedModel:
 class TorchScriptModel(ExportedModel):
     format = "torchscript"
 
-    def __init__(self, path: Path, card: ModelCard, device: str) -> None:
+    def __init__(self, path: Path, card: ModelCard | None, device: str) -> None:
         super().__init__(path, card, device)
         try:
             self.module = torch.jit.load(str(path), map_location=device).eval()
@@ -60,7 +63,7 @@ class TorchScriptModel(ExportedModel):
 class OnnxModel(ExportedModel):
     format = "onnx"
 
-    def __init__(self, path: Path, card: ModelCard, device: str) -> None:
+    def __init__(self, path: Path, card: ModelCard | None, device: str) -> None:
         super().__init__(path, card, device)
         import onnxruntime as ort
 

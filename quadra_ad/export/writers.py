@@ -5,13 +5,13 @@ Both have a dynamic batch dimension; the spatial size is fixed to the training i
 
 import logging
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from quadra_ad.errors import ConfigError, ExportError
 from quadra_ad.export.graph import INPUT_NAME, OUTPUT_NAMES, AnomalyGraph
+from quadra_ad.export.loaders import OnnxModel, TorchScriptModel
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,13 @@ def export_onnx(
     return path
 
 
-WRITERS: dict[str, Callable[..., Path]] = {"torchscript": export_torchscript, "onnx": export_onnx}
+EXPORT_TYPES = ("torchscript", "onnx")
 
 
 def _run_exported(export_type: str, path: Path, images: torch.Tensor) -> torch.Tensor:
-    if export_type == "onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return torch.from_numpy(session.run(None, {INPUT_NAME: images.numpy()})[0])
-    with torch.no_grad():
-        return torch.jit.load(str(path))(images)[0]
+    """Scores of an exported file, run the way inference runs it."""
+    runner = {"torchscript": TorchScriptModel, "onnx": OnnxModel}[export_type](path, card=None, device="cpu")
+    return torch.as_tensor(runner.run_graph(images)[0])
 
 
 def _reproduces(graph: AnomalyGraph, export_type: str, path: Path, images: torch.Tensor) -> bool:
@@ -90,9 +86,9 @@ def export_graph(
     traced graph fail or, worse, silently drop images. Those are re-exported at batch size 1 and
     ``model.json`` records it, so inference feeds them one image at a time.
     """
-    unknown = [t for t in types if t not in WRITERS]
+    unknown = [t for t in types if t not in EXPORT_TYPES]
     if unknown:
-        raise ConfigError(f"export.types: unknown type(s) {unknown}; choose from {sorted(WRITERS)}")
+        raise ConfigError(f"export.types: unknown type(s) {unknown}; choose from {sorted(EXPORT_TYPES)}")
     folder.mkdir(parents=True, exist_ok=True)
     graph = graph.cpu().eval()
     generator = torch.Generator().manual_seed(0)
