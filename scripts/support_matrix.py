@@ -20,7 +20,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 START, END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
-TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3}
 
 
 def run_one(model: str, data: Path, folder: Path) -> dict:
@@ -31,7 +30,7 @@ def run_one(model: str, data: Path, folder: Path) -> dict:
 
     from quadra_ad.config.compose import compose_config
     from quadra_ad.config.instantiation import instantiate_node
-    from quadra_ad.models.smoke import RECIPES, smoke_overrides
+    from quadra_ad.models.smoke import EXPORT_FILES, RECIPES, compare_scores, inference_overrides, smoke_overrides
     from quadra_ad.run import run
 
     logging.basicConfig(level=logging.ERROR)
@@ -54,29 +53,22 @@ def run_one(model: str, data: Path, folder: Path) -> dict:
     task.export()
     task.report()
     expected = dict(zip(task.collector.test.image_paths, task.collector.test.scores))
-    for export_type, file_name in (("torchscript", "model.pt"), ("onnx", "model.onnx")):
+    for export_type, file_name in EXPORT_FILES.items():
         if export_type not in task.exported:
             row[export_type] = f"no: {task.export_errors[0] if task.export_errors else 'not written'}"
             continue
         batch = task.exported[export_type][1]
         row[export_type] = "yes" if batch is None else "yes (batch 1)"
-        inference_cfg = compose_config([
-            "experiment=base/anomaly/inference", f"task.model_path={folder / 'train' / 'deployment_model' / file_name}",
-            f"datamodule.data_path={data}", "datamodule.num_workers=0", "task.use_training_threshold=true",
-            "task.plot_heatmaps=false", "~logger",
-        ])
-        inference = run(inference_cfg, output_dir=folder / f"infer_{export_type}")
+        model_path = folder / "train" / "deployment_model" / file_name
+        inference = run(compose_config(inference_overrides(model_path, data)), output_dir=folder / f"infer_{export_type}")
         got = dict(zip(inference.labelled.image_paths, inference.labelled.scores))
-        worst = max(abs(got[p] - expected[p]) for p in expected)
-        scale = max(1.0, max(abs(v) for v in expected.values()))
+        comparison = compare_scores(expected, got, export_type)
         same_auroc = inference.metrics.get("image_AUROC") == task.metrics.get("image_AUROC")
-        if max(expected.values()) - min(expected.values()) <= 100 * TOLERANCE[export_type] * scale:
-            # Random weights made every score equal up to float noise (CS-Flow): their order is
-            # noise as well, so only the score difference is meaningful.
+        if not comparison.order_meaningful:
             same_auroc = True
             row["degenerate_scores"] = True
-        row[f"{export_type}_max_diff"] = float(f"{worst:.2g}")
-        row[f"{export_type}_parity"] = worst <= TOLERANCE[export_type] * scale and same_auroc
+        row[f"{export_type}_max_diff"] = float(f"{comparison.max_diff:.2g}")
+        row[f"{export_type}_parity"] = comparison.within_tolerance and same_auroc
         row["batch_dependent"] = recipe.batch_dependent
     return row
 

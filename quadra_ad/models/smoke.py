@@ -82,3 +82,41 @@ def smoke_overrides(model: str, data: Path, folder: Path) -> list[str]:
     if model == "efficient_ad":
         overrides += _efficient_ad_stand_ins(folder)
     return overrides
+
+
+#: Largest score difference allowed between an exported file and the trained model, per unit of
+#: score magnitude (scores above 1 scale it).
+PARITY_TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3}
+EXPORT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+
+
+@dataclass(frozen=True)
+class ScoreComparison:
+    """Exported-model scores against the training scores of the same images."""
+
+    max_diff: float
+    within_tolerance: bool
+    #: False when every training score is equal up to float noise (random weights, e.g. CS-Flow):
+    #: the order of such scores is noise too, so equal AUROCs cannot be asked for.
+    order_meaningful: bool
+
+
+def compare_scores(expected: dict[str, float], got: dict[str, float], export_type: str) -> ScoreComparison:
+    """Compare scores keyed by image path (``got`` must cover every image of ``expected``)."""
+    tolerance = PARITY_TOLERANCE[export_type] * max(1.0, max(abs(v) for v in expected.values()))
+    worst = max(abs(got[p] - expected[p]) for p in expected)
+    spread = max(expected.values()) - min(expected.values())
+    return ScoreComparison(worst, worst <= tolerance, spread > 100 * tolerance)
+
+
+def inference_overrides(model_path: Path, data: Path) -> list[str]:
+    """Inference on ``data`` with the training threshold, no heatmaps, no tracking."""
+    return [
+        "experiment=base/anomaly/inference",
+        f"task.model_path={model_path}",
+        f"datamodule.data_path={data}",
+        "datamodule.num_workers=0",
+        "task.use_training_threshold=true",
+        "task.plot_heatmaps=false",
+        "~logger",
+    ]
