@@ -102,6 +102,9 @@ class AnomalyTrainingTask(Task):
         best = self.checkpoint.best_model_path if self.checkpoint is not None else ""
         if best:
             log.info("Testing and exporting the best epoch: %s", best)
+            # Thresholds must belong to the weights that are tested and exported, not the last epoch's.
+            self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
+            self.calibration = self.collector.calibration
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=False, ckpt_path=best or None)
         if self.datamodule.layout.unknown:
             self.trainer.predict(self.model, dataloaders=self.datamodule.predict_dataloader(), return_predictions=False)

@@ -5,6 +5,7 @@ scores and maps exactly as the network produced them.
 """
 
 from lightning.pytorch import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 
 from quadra_ad.metrics import auroc
 from quadra_ad.scored_set import ScoredSet
@@ -14,12 +15,14 @@ from quadra_ad.thresholds import Calibration, calibrate
 class ScoreCollector(Callback):
     """Collects one :class:`ScoredSet` per stage; validation restarts at every epoch.
 
-    After each validation epoch, ``calibration`` holds the thresholds and score ranges measured
-    on it (None until a validation set with labels has been seen).
+    ``calibration`` gives the thresholds and score ranges of the latest validation set (None
+    until one with labels has been seen). It is computed on first use, not at every epoch: the
+    pixel threshold sorts every pixel, and only the validation of the weights that are finally
+    tested and exported matters.
     """
 
     def __init__(self) -> None:
-        self.calibration: Calibration | None = None
+        self._calibration: Calibration | None = None
         self.validation = ScoredSet()
         self.test = ScoredSet()
         self.predict = ScoredSet()
@@ -34,17 +37,24 @@ class ScoreCollector(Callback):
             masks=batch.gt_mask,
         )
 
+    @property
+    def calibration(self) -> Calibration | None:
+        if self._calibration is None and self.validation.labelled:
+            self._calibration = calibrate(self.validation)
+        return self._calibration
+
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self.validation = ScoredSet()
+        self._calibration = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._add(self.validation, outputs)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         labelled = self.validation.labelled
-        if not labelled:
+        # Only during fit: a later re-validation of the best epoch is not a training epoch.
+        if not labelled or trainer.state.fn != TrainerFn.FITTING:
             return
-        self.calibration = calibrate(self.validation)
         labels = self.validation.label_tensor(labelled)
         if 0 < int(labels.sum()) < len(labelled):
             # Logged so checkpointing and early stopping can monitor it.

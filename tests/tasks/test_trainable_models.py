@@ -67,3 +67,14 @@ def test_trainable_model_without_anomalous_test_images_uses_the_last_epoch(tmp_p
     task = run(stfpm_config(data, None, "trainer.max_epochs=2"), output_dir=tmp_path / "run")
     assert task.checkpoint is None
     assert "image_AUROC" not in task.metrics and task.metrics["image_fp"] >= 0
+
+
+def test_thresholds_come_from_the_best_epoch_that_is_exported(segmentation_dataset, tmp_path):
+    from quadra_ad.export.model_json import ModelCard
+    from quadra_ad.thresholds import calibrate
+
+    task = run(stfpm_config(segmentation_dataset, None, "export.types=[torchscript]"), output_dir=tmp_path / "run")
+    assert task.checkpoint.best_model_path
+    card = ModelCard.read(tmp_path / "run" / "deployment_model" / "model.json")
+    # The test pass runs the best weights on the same images the thresholds were set on.
+    assert card.image_threshold == calibrate(task.collector.test).image_threshold
