@@ -49,7 +49,7 @@ def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float(sorted_scores[int(torch.argmax(f1))])
 
 
-def normalize_scores(scores: torch.Tensor, threshold: float, score_min: float, score_max: float) -> torch.Tensor:
+def normalize_scores(scores: torch.Tensor | float, threshold: float, score_min: float, score_max: float) -> torch.Tensor | float:
     """Map raw scores so that ``threshold`` becomes 0.5 and the [min, max] range has width 1."""
     value_range = score_max - score_min
     if not math.isfinite(value_range) or value_range <= 0:

@@ -108,7 +108,7 @@ class AnomalyInferenceTask(Task):
         card = self.model.card
         if self.metrics:
             self.metrics["image_threshold_normalized"] = float(
-                normalize_scores(_tensor(self.image_threshold), card.image_threshold, card.image_min, card.image_max)
+                normalize_scores(self.image_threshold, card.image_threshold, card.image_min, card.image_max)
             )
         log.info("Threshold: %.6g (%s); %d labelled, %d unknown images", self.image_threshold,
                  self.threshold_source, len(self.labelled), len(self.unknown))
@@ -164,9 +164,3 @@ class AnomalyInferenceTask(Task):
     def tracking_artifacts(self) -> list[Path]:
         return [self.output_dir / RESOLVED_CONFIG, self.output_dir / ".hydra", self.output_dir / HEATMAPS_DIR,
                 self.output_dir / RAW_OUTPUTS_DIR, *self.report_files]
-
-
-def _tensor(value: float):
-    import torch
-
-    return torch.tensor(value, dtype=torch.float64)
