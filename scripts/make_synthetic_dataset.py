@@ -1,7 +1,7 @@
 """Write a synthetic MVTec-style dataset to try quadra-ad without data.
 
-    python scripts/make_synthetic_dataset.py /tmp/synthetic --size 128 --train 80
-    quadra-ad experiment=base/anomaly/padim datamodule.data_path=/tmp/synthetic model.pre_trained=false
+    python scripts/make_synthetic_dataset.py data/synthetic --size 128 --train 80
+    quadra-ad experiment=base/anomaly/padim datamodule.data_path=data/synthetic model.pre_trained=false
 """
 
 import argparse
