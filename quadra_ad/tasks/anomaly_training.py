@@ -103,9 +103,11 @@ class AnomalyTrainingTask(Task):
         if best:
             log.info("Testing and exporting the best epoch: %s", best)
             # Thresholds must belong to the weights that are tested and exported, not the last epoch's.
+            # validate() loads the best weights into the model; test() then uses them as they are
+            # (loading the checkpoint a second time fails on buffers made in inference mode).
             self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
             self.calibration = self.collector.calibration
-        self.trainer.test(self.model, datamodule=self.datamodule, verbose=False, ckpt_path=best or None)
+        self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
         if self.datamodule.layout.unknown:
             self.trainer.predict(self.model, dataloaders=self.datamodule.predict_dataloader(), return_predictions=False)
         cal = self.calibration
