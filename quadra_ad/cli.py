@@ -47,6 +47,10 @@ def _hydra_entry(cfg: DictConfig) -> None:
         run(cfg)
     except QuadraADError as error:
         _fail(error)
+    except KeyboardInterrupt:
+        print("quadra-ad: interrupted: what the run wrote so far stays in its run folder; "
+              "its MLflow run is marked KILLED", file=sys.stderr)
+        sys.exit(130)
 
 
 def _print_group(group: str) -> None:

@@ -78,6 +78,10 @@ class Task:
         except KeyboardInterrupt as interrupt:
             self._track_unfinished("KILLED", interrupt)
             raise
+        except SystemExit as interrupt:
+            # Lightning catches Ctrl-C inside fit/test, shuts down and calls sys.exit(1).
+            self._track_unfinished("KILLED", KeyboardInterrupt("interrupted (Ctrl-C)"))
+            raise KeyboardInterrupt from interrupt
         except Exception as error:
             self._track_unfinished("FAILED", error)
             raise

@@ -6,6 +6,8 @@ it only costs the MLflow copy, and the caller reports it in one line.
 
 import logging
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -51,6 +53,24 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, artifact_
     return client.create_experiment(name, artifact_location=location)
 
 
+def check_server_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when an HTTP tracking server is down.
+
+    MLflow's client retries a refused connection with exponential back-off (several minutes by
+    default); one probe first turns "server down" into an immediate ConnectionError.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # something answered: let the MLflow client report what is wrong
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConnectionError(f"no MLflow server answers at {tracking_uri} ({reason})") from error
+
+
 def log_run(
     tracking_uri: str,
     experiment_name: str,
@@ -69,6 +89,7 @@ def log_run(
 
     A failure after the run exists marks it FAILED before re-raising.
     """
+    check_server_reachable(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = _experiment_id(client, tracking_uri, experiment_name, artifact_location)
     run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})

@@ -1,22 +1,12 @@
 """The ``quadra-ad`` command as a user types it (real subprocesses)."""
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from quadra_ad.datamodules.synthetic import write_synthetic_dataset
-
-QUADRA_AD = [sys.executable, "-m", "quadra_ad"]
-
-
-def quadra_ad(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env.update({"HF_HUB_OFFLINE": "1", **(env or {})})
-    return subprocess.run([*QUADRA_AD, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+from tests.cli_runner import quadra_ad
 
 
 def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -127,23 +117,6 @@ def test_inference_without_model_path_fails_with_one_line(tmp_path):
     assert _error_lines(result) == [
         "quadra-ad: error: task.model_path is not set: add task.model_path=<value> to the command line or the experiment file"
     ]
-
-
-@pytest.mark.slow
-def test_multirun_sweeps_two_experiments(tmp_path):
-    result = quadra_ad(
-        "-m",
-        "experiment=generic/digits/anomaly/padim,generic/digits/anomaly/patchcore",
-        f"datamodule.data_path={tmp_path / 'digits'}",
-        "++datamodule.limit_data=16",  # the key only exists once an experiment is applied
-        "transforms.input_size=[32,32]",
-        "export.types=[torchscript]",
-        "trainer.enable_progress_bar=false",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = sorted((tmp_path / "outputs").rglob("metrics.json"))
-    assert len(metrics) == 2
 
 
 def test_corrupt_image_read_by_a_worker_is_named_in_one_line(tmp_path):

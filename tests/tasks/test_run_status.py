@@ -2,7 +2,10 @@
 tracking failed can be uploaded later with quadra-ad-upload."""
 
 import json
+import signal
 import socket
+import subprocess
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -10,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from quadra_ad.run import run
 from quadra_ad.tasks.anomaly_training import AnomalyTrainingTask
 from quadra_ad.upload_cli import main as upload_main
-from tests.conftest import training_config
+from tests.cli_runner import QUADRA_AD, quadra_ad_env
+from tests.conftest import fast_overrides, training_config
 
 
 def _only_run(tracking_dir):
@@ -47,6 +51,27 @@ def test_ctrl_c_ends_the_run_killed(segmentation_dataset, tmp_path, monkeypatch)
     assert mlflow_run.info.status == "KILLED"
 
 
+def test_ctrl_c_sent_to_the_command_during_training_ends_the_run_killed(segmentation_dataset, tmp_path):
+    command = [*QUADRA_AD, "experiment=base/anomaly/stfpm", "trainer.max_epochs=100000", "export.types=[]",
+               *fast_overrides(segmentation_dataset, tmp_path)]
+    process = subprocess.Popen(command, cwd=tmp_path, env=quadra_ad_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    # Lightning's CSV log appears once the first epoch is done: training is under way.
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+
+    assert process.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("quadra-ad: interrupted:")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("stfpm").experiment_id])
+    assert mlflow_run.info.status == "KILLED"
+    assert list(client.get_metric_history(mlflow_run.info.run_id, "train_loss_epoch"))  # the epochs it did run
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,13 +79,13 @@ def _closed_port() -> int:
 
 
 def test_server_down_keeps_outputs_and_the_run_uploads_later(segmentation_dataset, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    started = time.monotonic()
     cfg = training_config(
         "base/anomaly/padim", segmentation_dataset, None, "export.types=[torchscript]",
         f"+logger.mlflow.tracking_uri=http://127.0.0.1:{_closed_port()}", "+logger.mlflow.experiment_name=padim",
     )
     task = run(cfg, output_dir=tmp_path / "run")
+    assert time.monotonic() - started < 60  # a refused connection is not retried for minutes
     assert task.tracked_run is None and (tmp_path / "run" / "deployment_model" / "model.pt").is_file()
     err = capsys.readouterr().err
     assert f"quadra-ad-upload {tmp_path / 'run'}" in err
