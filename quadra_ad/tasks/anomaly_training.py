@@ -149,6 +149,8 @@ class AnomalyTrainingTask(Task):
             "quadra_ad.dataset": str(self.datamodule.layout.root),
             "quadra_ad.dataset_hash": self.datamodule.layout.fingerprint(),
         })
+        if self.exported:  # the first file of export.types: what a run comparison points to
+            tags["quadra_ad.model_path"] = str(next(iter(self.exported.values()))[0].resolve())
         return tags
 
     def tracking_artifacts(self) -> list[Path]:

@@ -27,17 +27,20 @@ def _git_commit(folder: Path) -> str:
 
 
 def _sweep_tags() -> dict[str, str]:
-    """Sweep folder and job number when running inside a Hydra multirun."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    """Sweep id (the sweep folder's name), sweep folder and job number inside a Hydra multirun."""
+    from quadra_ad.config.resolvers import sweep_id
 
-        hydra_cfg = HydraConfig.get()
-    except (ImportError, ValueError):
+    sweep = sweep_id()
+    if sweep is None:
         return {}
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return {}
-    return {"quadra_ad.sweep": str(Path(hydra_cfg.sweep.dir).resolve()), "quadra_ad.sweep_job": str(hydra_cfg.job.num)}
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    return {
+        "quadra_ad.sweep_id": sweep,
+        "quadra_ad.sweep": str(Path(hydra_cfg.sweep.dir).resolve()),
+        "quadra_ad.sweep_job": str(hydra_cfg.job.num),
+    }
 
 
 def base_tags(config: DictConfig, output_dir: Path, task_name: str) -> dict[str, str]:
@@ -80,7 +83,7 @@ def track_run(
     request = {
         "tracking_uri": str(mlflow_cfg.tracking_uri),
         "experiment_name": str(mlflow_cfg.experiment_name),
-        "run_name": mlflow_cfg.get("run_name"),
+        "run_name": mlflow_cfg.get("run_name") or _default_run_name(tags, output_dir),
         "params": flatten_config(config),
         "metrics": metrics,
         "artifacts": [str(p.relative_to(output_dir)) for p in artifacts if p.exists()]
@@ -96,6 +99,11 @@ def track_run(
 
 
 REQUEST_FILE = "mlflow_run.json"
+
+
+def _default_run_name(tags: dict[str, str], output_dir: Path) -> str:
+    """``<model>_<run folder name>``: readable in the MLflow UI and unique per run folder."""
+    return f"{tags.get('quadra_ad.model') or tags.get('quadra_ad.task', 'run')}_{Path(output_dir).name}"
 
 
 def upload_request(request_path: Path, tracking_uri: str | None = None, experiment_name: str | None = None):
