@@ -51,3 +51,25 @@ def plot_score_histogram(scores: list[float], labels: list[int | None], threshol
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return Path(path)
+
+
+def plot_metric_by_model(runs: list[tuple[str, str, float]], metric: str, path: Path) -> Path:
+    """Bar chart of ``metric`` per run (``(run, model, value)``), runs of one model side by side in one colour."""
+    ordered = sorted(runs, key=lambda item: (item[1], -item[2]))
+    models = list(dict.fromkeys(model for _, model, _ in ordered))
+    colours = {model: plt.get_cmap("tab10")(i % 10) for i, model in enumerate(models)}
+    figure, axis = plt.subplots(figsize=(max(5.5, 0.5 * len(ordered) + 2), 4.2))
+    positions = np.arange(len(ordered))
+    bars = axis.bar(positions, [value for _, _, value in ordered], color=[colours[m] for _, m, _ in ordered])
+    for bar, (_, _, value) in zip(bars, ordered):
+        axis.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                      ha="center", va="bottom", fontsize=7)
+    axis.set_xticks(positions, [run for run, _, _ in ordered], rotation=45, ha="right", fontsize=7)
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric} per run, grouped by model", fontsize=10)
+    axis.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[m]) for m in models], labels=models,
+                fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)

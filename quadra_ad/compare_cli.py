@@ -1,0 +1,104 @@
+"""``quadra-ad-compare``: which run is best, with what settings, and where is its model?
+
+Reads runs from the MLflow store quadra-ad logged to (the embedded ``./mlflow.db`` by default,
+or any server URI), ranks them by one metric and prints a table; writes the same table as CSV
+and Markdown, and with ``--plot`` a bar chart of the metric per run grouped by model.
+
+Examples:
+  quadra-ad-compare                                        (every run in ./mlflow.db)
+  quadra-ad-compare -e digits_padim -e digits_patchcore --sort-by pixel_AUROC
+  quadra-ad-compare -e sweep_2026-11-25_15-00-00 --plot    (one multirun sweep)
+  quadra-ad-compare --filter "params.model.backbone = 'resnet18' and attributes.status = 'FINISHED'"
+  quadra-ad-compare --columns run,model,image_AUROC,params.model.n_features,model_path
+  quadra-ad-compare --tracking-uri http://127.0.0.1:5000
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from quadra_ad.tracking.run_table import BUILTIN_COLUMNS, CompareError, build_table, fetch_runs, to_csv, to_markdown, to_terminal
+
+CSV_FILE = "runs.csv"
+MARKDOWN_FILE = "runs.md"
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else the embedded store quadra-ad writes in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quadra-ad-compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    parser.add_argument("-e", "--experiment", action="append", default=None,
+                        help="experiment name (repeat for several; default: all)")
+    parser.add_argument("--filter", default="", help="MLflow filter string, e.g. \"params.model.backbone = 'resnet18'\"")
+    parser.add_argument("--sort-by", default="image_AUROC", help="metric to rank by (default: image_AUROC)")
+    parser.add_argument("--ascending", action="store_true", help="lower is better for --sort-by")
+    parser.add_argument("--columns", default=None,
+                        help=f"comma-separated: {', '.join(BUILTIN_COLUMNS)}, a metric name, params.<key>, "
+                             "tags.<key> (default: key columns, main metrics and the params that differ)")
+    parser.add_argument("--max-runs", type=int, default=1000, help="at most this many runs (default: 1000)")
+    parser.add_argument("--output-dir", type=Path, default=Path("comparison"),
+                        help=f"where {CSV_FILE}, {MARKDOWN_FILE} and the plot go (default: ./comparison)")
+    parser.add_argument("--plot", action="store_true", help="also write <metric>_by_model.png")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"quadra-ad-compare: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        return _fail(f"no MLflow store at {tracking_uri[len('sqlite:///'):]}: run quadra-ad in this folder first, "
+                     "or pass --tracking-uri <uri>")
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    try:
+        runs = fetch_runs(tracking_uri, args.experiment, args.filter, args.max_runs)
+        table = build_table(runs, args.sort_by, columns, args.ascending)
+    except CompareError as error:
+        return _fail(str(error))
+    except ConnectionError as error:
+        return _fail(f"{error}: start the server or fix --tracking-uri")
+    if not table.rows:
+        print(f"quadra-ad-compare: no runs match at {tracking_uri}", file=sys.stderr)
+        return 1
+
+    print(to_terminal(table), end="")
+    for note in table.notes:
+        print(f"({note})")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    written = [to_csv(table, args.output_dir / CSV_FILE), args.output_dir / MARKDOWN_FILE]
+    to_markdown(table, written[1], title=f"Runs ranked by {table.sort_metric}")
+    if args.plot:
+        written.append(_plot(table, args.output_dir))
+    best = table.best
+    if best is not None:
+        where = best.get("model_path") or best.get("run_folder") or ""
+        print(f"best by {table.sort_metric}: {best.get('run', '')} = {best[table.sort_metric]:.4f}"
+              + (f"  {where}" if where else ""))
+    print("wrote " + ", ".join(str(path) for path in written if path is not None))
+    return 0
+
+
+def _plot(table, output_dir: Path) -> Path | None:
+    from quadra_ad.reports.plots import plot_metric_by_model
+
+    metric = table.sort_metric
+    bars = [(str(row.get("run", "")), str(row.get("model") or "?"), row[metric])
+            for row in table.rows if isinstance(row.get(metric), (int, float))]
+    if not bars:
+        return None
+    return plot_metric_by_model(bars, metric, output_dir / f"{metric}_by_model.png")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
