@@ -68,10 +68,8 @@ class OnnxModel(ExportedModel):
         import onnxruntime as ort
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(str(path), sess_options=onnx_session_options(), providers=providers)
         except Exception as error:  # noqa: BLE001
             raise ConfigError(f"task.model_path '{path}' cannot be loaded as ONNX ({_first_line(error)}); is the file complete?") from None
         inputs = self.session.get_inputs()
@@ -82,6 +80,24 @@ class OnnxModel(ExportedModel):
 
     def run_graph(self, images: torch.Tensor):
         return tuple(self.session.run(None, {self.input_name: images.numpy().astype(np.float32, copy=False)}))
+
+
+def onnx_session_options():
+    """ONNX Runtime settings for this machine: all graph optimisations, one thread per usable core.
+
+    ORT sizes its thread pool from the host's cores; in a container or under ``taskset`` that
+    oversubscribes the cores we may use, so the pool follows the CPU affinity instead.
+    """
+    import os
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    return options
 
 
 def _first_line(error: BaseException) -> str:

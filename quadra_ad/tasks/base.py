@@ -6,12 +6,16 @@ Once ``prepare`` has succeeded, every run reaches the tracker: FINISHED after ``
 FAILED when a step raises, KILLED on Ctrl-C — never left RUNNING.
 """
 
+import json
 import logging
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
+
+TIMINGS_FILE = "timings.json"
 
 
 class Task:
@@ -22,6 +26,8 @@ class Task:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics: dict[str, float] = {}
+        #: Wall seconds per lifecycle step, written to ``timings.json`` and logged as ``time_<step>_s``.
+        self.timings: dict[str, float] = {}
         self.tracked_run = None
 
     def prepare(self) -> None:
@@ -64,17 +70,18 @@ class Task:
         if error is not None:
             text = str(error).strip()
             tags["quadra_ad.error"] = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+        metrics = {**self.metrics, **{f"time_{step}_s": seconds for step, seconds in self.timings.items()}}
         self.tracked_run = track_run(
-            self.config, self.output_dir, self.metrics, self.tracking_artifacts(), tags, self.tracking_history(), status=status
+            self.config, self.output_dir, metrics, self.tracking_artifacts(), tags, self.tracking_history(), status=status
         )
 
     def execute(self) -> None:
         """Run every step in order; an interrupted or failed run is still tracked."""
-        self.prepare()
+        self._timed(self.prepare)
         try:
             for step in (self.train, self.test, self.export, self.report):
                 log.debug("Task step: %s", step.__name__)
-                step()
+                self._timed(step)
         except KeyboardInterrupt as interrupt:
             self._track_unfinished("KILLED", interrupt)
             raise
@@ -86,6 +93,14 @@ class Task:
             self._track_unfinished("FAILED", error)
             raise
         self.finalize()
+
+    def _timed(self, step) -> None:
+        started = time.perf_counter()
+        try:
+            step()
+        finally:
+            self.timings[step.__name__] = round(time.perf_counter() - started, 3)
+            (self.output_dir / TIMINGS_FILE).write_text(json.dumps(self.timings, indent=2) + "\n", encoding="utf-8")
 
     def _track_unfinished(self, status: str, error: BaseException) -> None:
         try:

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -131,3 +132,18 @@ def test_corrupt_image_read_by_a_worker_is_named_in_one_line(tmp_path):
     assert result.returncode == 2
     lines = _error_lines(result)
     assert lines == [f"quadra-ad: error: cannot read image file '{corrupt}': it is empty, corrupt or not an image"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["experiment=base/anomaly/padim", "datamodule.data_path=x", "--cfg", "job"]])
+def test_help_and_cfg_job_do_not_import_torch_or_anomalib(tmp_path, args):
+    probe = (
+        "import sys\n"
+        f"sys.argv = ['quadra-ad', *{args!r}]\n"
+        "from quadra_ad.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'anomalib', 'lightning', 'mlflow', 'onnxruntime') if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "HEAVY=\n" in result.stdout
