@@ -18,7 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-from quadra_ad.tracking.run_table import BUILTIN_COLUMNS, CompareError, build_table, fetch_runs, to_csv, to_markdown, to_terminal
+from quadra_ad.tracking.run_table import (
+    BUILTIN_COLUMNS, CompareError, build_table, display_path, fetch_runs, to_csv, to_markdown, to_terminal,
+)
 
 CSV_FILE = "runs.csv"
 MARKDOWN_FILE = "runs.md"
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         written.append(_plot(table, args.output_dir))
     best = table.best
     if best is not None:
-        where = best.get("model_path") or best.get("run_folder") or ""
+        where = display_path(str(best.get("model_path") or best.get("run_folder") or ""))
         print(f"best by {table.sort_metric}: {best.get('run', '')} = {best[table.sort_metric]:.4f}"
               + (f"  {where}" if where else ""))
     print("wrote " + ", ".join(str(path) for path in written if path is not None))

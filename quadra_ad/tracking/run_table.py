@@ -106,7 +106,7 @@ def build_table(runs, sort_metric: str = "image_AUROC", columns: list[str] | Non
         metrics = [sort_metric] + [m for m in DEFAULT_METRICS if m != sort_metric and m in metric_names]
         columns = ["run", "experiment", "model", "task", "status", *metrics, *varying, "model_path", "run_folder"]
         if varying:
-            notes.append(f"params that differ between these runs: {', '.join(varying)}")
+            notes.append(f"params that differ between these runs: {', '.join(_header(c) for c in varying)}")
     # Rows also carry what the "best run" line and the plot need, shown or not.
     wanted = [*columns, *(c for c in ("run", "model", "model_path", "run_folder", sort_metric) if c not in columns)]
     readers = {column: _reader(column, runs, metric_names) for column in wanted}
@@ -215,10 +215,11 @@ def to_markdown(table: RunTable, path: Path | None = None, title: str | None = N
     return text
 
 
-def to_terminal(table: RunTable, max_width: int = 48) -> str:
-    """Aligned columns; long values (paths) are shortened in the middle — the CSV keeps them whole."""
+def to_terminal(table: RunTable, max_width: int = 80) -> str:
+    """Aligned columns; paths relative to the working directory when inside it, long values
+    shortened in the middle — the CSV and Markdown keep them whole."""
     cells = [[_header(c) for c in table.columns]]
-    cells += [[_shorten(_cell(row[c]), max_width) for c in table.columns] for row in table.rows]
+    cells += [[_shorten(display_path(_cell(row[c])), max_width) for c in table.columns] for row in table.rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(table.columns))]
     out = io.StringIO()
     for index, line in enumerate(cells):
@@ -234,6 +235,16 @@ def to_terminal(table: RunTable, max_width: int = 48) -> str:
 def _numeric_column(table: RunTable, column: str) -> bool:
     values = [row[column] for row in table.rows if row[column] not in (None, "")]
     return bool(values) and all(_is_number(v) for v in values)
+
+
+def display_path(text: str) -> str:
+    """``text`` relative to the working directory when it is an absolute path inside it."""
+    if not text.startswith("/"):
+        return text
+    try:
+        return str(Path(text).relative_to(Path.cwd()))
+    except ValueError:
+        return text
 
 
 def _shorten(text: str, width: int) -> str:
