@@ -30,7 +30,7 @@ def test_list_experiments(tmp_path):
 def test_cfg_job_prints_composed_config_without_running(tmp_path):
     result = quadra_ad("experiment=base/anomaly/patchcore", "--cfg", "job", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "anomalib.models.Patchcore" in result.stdout
+    assert "quadra_ad.models.patchcore.Patchcore" in result.stdout
     assert not (tmp_path / "outputs").exists()
 
 
