@@ -40,23 +40,19 @@ def quadra_ad_auroc(model: str, data: Path, size: int, seed: int, workdir: Path)
     return float(task.metrics["image_AUROC"])
 
 
-def engine_aurocs(model: str, data: Path, size: int, seed: int, workdir: Path) -> tuple[float, float]:
-    """Fit and test with anomalib's own Engine; return (exact AUROC of its raw scores, its reported AUROC).
+def engine_setup(model: str, data: Path, size: int, seed: int, workdir: Path, num_workers: int = 0, **model_kwargs):
+    """A plain anomalib Engine, model and Folder datamodule with quadra-ad's default settings.
 
-    The first figure is what quadra-ad computes (scikit-learn on raw scores). The second is the
-    ``image_AUROC`` anomalib's Evaluator reports: it is computed on scores min-max normalised and
-    clamped to [0, 1], and the clamp turns the highest (or lowest) scores into ties, which can
-    move AUROC by itself. It is printed for information.
+    Same model settings, input size, normalisation, batch sizes and validation split
+    (``same_as_test``) as ``quadra-ad experiment=base/anomaly/<model>``; also used by
+    ``scripts/benchmark.py``.
     """
-    import torch
     from anomalib.data import Folder
     from anomalib.engine import Engine
     from anomalib.models import Padim, Patchcore
     from anomalib.pre_processing import PreProcessor
     from lightning.pytorch import seed_everything
     from torchvision.transforms.v2 import Compose, Normalize, Resize
-
-    from quadra_ad.metrics import auroc
 
     seed_everything(seed, workers=True, verbose=False)
     defects = sorted(p.name for p in (data / "test").iterdir() if p.is_dir() and p.name not in ("good", "unknown"))
@@ -69,7 +65,7 @@ def engine_aurocs(model: str, data: Path, size: int, seed: int, workdir: Path) -
         val_split_mode="same_as_test",
         train_batch_size=32,
         eval_batch_size=32,
-        num_workers=0,
+        num_workers=num_workers,
         seed=seed,
     )
     pre_processor = PreProcessor(
@@ -78,17 +74,39 @@ def engine_aurocs(model: str, data: Path, size: int, seed: int, workdir: Path) -
     model_class = {"padim": Padim, "patchcore": Patchcore}[model]
     kwargs = {"coreset_sampling_ratio": 0.1, "num_neighbors": 9} if model == "patchcore" else {}
     anomalib_model = model_class(
-        backbone="resnet18", layers=LAYERS[model], pre_trained=False, pre_processor=pre_processor, visualizer=False, **kwargs
+        backbone="resnet18", layers=LAYERS[model], pre_trained=False, pre_processor=pre_processor, visualizer=False,
+        **kwargs, **model_kwargs,
     )
-    engine = Engine(default_root_dir=workdir / f"engine_{model}", logger=False, enable_progress_bar=False, accelerator="cpu", devices=1)
-    engine.fit(model=anomalib_model, datamodule=datamodule)
-    reported = float(engine.test(model=anomalib_model, datamodule=datamodule, verbose=False)[0]["image_AUROC"])
-    # Raw scores of the same fitted model: switch its normalisation off and predict the test split.
+    engine = Engine(default_root_dir=workdir / f"engine_{model}", logger=False, enable_progress_bar=False,
+                    accelerator="cpu", devices=1)
+    return engine, anomalib_model, datamodule
+
+
+def raw_score_auroc(engine, anomalib_model, datamodule) -> float:
+    """AUROC of the fitted model's raw (un-normalised) test scores, as quadra-ad computes it."""
+    import torch
+
+    from quadra_ad.metrics import auroc
+
     anomalib_model.post_processor.enable_normalization = False
     batches = engine.predict(model=anomalib_model, dataloaders=datamodule.test_dataloader())
     scores = torch.cat([b.pred_score.flatten() for b in batches])
     labels = torch.cat([b.gt_label.flatten() for b in batches])
-    return auroc(scores, labels), reported
+    return auroc(scores, labels)
+
+
+def engine_aurocs(model: str, data: Path, size: int, seed: int, workdir: Path) -> tuple[float, float]:
+    """Fit and test with anomalib's own Engine; return (exact AUROC of its raw scores, its reported AUROC).
+
+    The first figure is what quadra-ad computes (scikit-learn on raw scores). The second is the
+    ``image_AUROC`` anomalib's Evaluator reports: it is computed on scores min-max normalised and
+    clamped to [0, 1], and the clamp turns the highest (or lowest) scores into ties, which can
+    move AUROC by itself. It is printed for information.
+    """
+    engine, anomalib_model, datamodule = engine_setup(model, data, size, seed, workdir)
+    engine.fit(model=anomalib_model, datamodule=datamodule)
+    reported = float(engine.test(model=anomalib_model, datamodule=datamodule, verbose=False)[0]["image_AUROC"])
+    return raw_score_auroc(engine, anomalib_model, datamodule), reported
 
 
 def compare(model: str, data: Path, size: int, seed: int, workdir: Path) -> dict[str, float]:
