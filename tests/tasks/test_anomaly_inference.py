@@ -248,3 +248,17 @@ def test_cuda_asked_without_a_gpu(trained, segmentation_dataset, tmp_path):
     training, _ = trained
     message = _error(training.output_dir / "deployment_model" / "model.pt", segmentation_dataset, tmp_path, "task.device=cuda")
     assert "task.device=cuda" in message
+
+
+def test_torchscript_is_frozen_and_optimised_for_cpu_with_unchanged_scores(trained):
+    from quadra_ad.export.loaders import TorchScriptModel, load_exported_model
+
+    training, _ = trained
+    path = training.output_dir / "deployment_model" / "model.pt"
+    loaded = load_exported_model(path)
+    plain = TorchScriptModel(path, loaded.card, "cpu")
+    assert list(plain.module.parameters()) and not list(loaded.module.parameters())  # weights folded into the graph
+    images = torch.rand(3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    (plain_scores, plain_maps), (scores, maps) = plain(images), loaded(images)
+    assert torch.allclose(scores, plain_scores, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(maps, plain_maps, rtol=1e-4, atol=1e-5)
