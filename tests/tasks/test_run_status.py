@@ -54,15 +54,22 @@ def test_ctrl_c_ends_the_run_killed(segmentation_dataset, tmp_path, monkeypatch)
 def test_ctrl_c_sent_to_the_command_during_training_ends_the_run_killed(segmentation_dataset, tmp_path):
     command = [*QUADRA_AD, "experiment=base/anomaly/stfpm", "trainer.max_epochs=100000", "export.types=[]",
                *fast_overrides(segmentation_dataset, tmp_path)]
-    process = subprocess.Popen(command, cwd=tmp_path, env=quadra_ad_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    # Lightning's CSV log appears once the first epoch is done: training is under way.
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")) and time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    # Output to files, not pipes: a pipe nobody reads fills up and blocks the command.
+    with (tmp_path / "stdout.txt").open("w") as out, (tmp_path / "stderr.txt").open("w") as err_file:
+        process = subprocess.Popen(command, cwd=tmp_path, env=quadra_ad_env(), stdout=out, stderr=err_file)
+        try:
+            # Lightning's CSV log appears once the first epoch is done: training is under way.
+            deadline = time.monotonic() + 180
+            while not list(tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")):
+                assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+                assert time.monotonic() < deadline, "training did not start within 180 s"
+                time.sleep(0.2)
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=180)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    err = (tmp_path / "stderr.txt").read_text()
 
     assert process.returncode == 130, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("quadra-ad: interrupted:")
