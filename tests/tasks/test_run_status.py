@@ -56,7 +56,9 @@ def test_ctrl_c_sent_to_the_command_during_training_ends_the_run_killed(segmenta
                *fast_overrides(segmentation_dataset, tmp_path)]
     # Output to files, not pipes: a pipe nobody reads fills up and blocks the command.
     with (tmp_path / "stdout.txt").open("w") as out, (tmp_path / "stderr.txt").open("w") as err_file:
-        process = subprocess.Popen(command, cwd=tmp_path, env=quadra_ad_env(), stdout=out, stderr=err_file)
+        # As typed in a shell: SIGINT at its default, whatever this test process inherited.
+        process = subprocess.Popen(command, cwd=tmp_path, env=quadra_ad_env(), stdout=out, stderr=err_file,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             # Lightning's CSV log appears once the first epoch is done: training is under way.
             deadline = time.monotonic() + 180
@@ -64,6 +66,7 @@ def test_ctrl_c_sent_to_the_command_during_training_ends_the_run_killed(segmenta
                 assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
                 assert time.monotonic() < deadline, "training did not start within 180 s"
                 time.sleep(0.2)
+            ignored = _ignored_signals(process.pid)
             process.send_signal(signal.SIGINT)
             process.wait(timeout=180)
         finally:
@@ -71,12 +74,19 @@ def test_ctrl_c_sent_to_the_command_during_training_ends_the_run_killed(segmenta
                 process.kill()
     err = (tmp_path / "stderr.txt").read_text()
 
-    assert process.returncode == 130, err[-3000:]
+    assert process.returncode == 130, f"ignored signals mask {ignored}\n" + err[-3000:]
     assert err.strip().splitlines()[-1].startswith("quadra-ad: interrupted:")
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("stfpm").experiment_id])
     assert mlflow_run.info.status == "KILLED"
     assert list(client.get_metric_history(mlflow_run.info.run_id, "train_loss_epoch"))  # the epochs it did run
+
+
+def _ignored_signals(pid: int) -> str:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("SigIgn:"):
+            return line.split()[1]
+    return "?"
 
 
 def _closed_port() -> int:
