@@ -324,7 +324,7 @@ def print_table(report: dict) -> None:
         for side, m in sides.items():
             ours = side.startswith("quadra_ad")
             build, fit = (m["prepare_s"], m["train_s"]) if ours else (m["build_s"], m["fit_s"])
-            label = f"{model} {side.replace('_', ' ')}" + ("" if ours or model == "padim" else " (mmap env)")
+            label = f"{model} {side.replace('_', '-')}" + ("" if ours or model == "padim" else " (mmap env)")
             if side == "quadra_ad_stock_sampler":
                 label = f"{model} quadra-ad, anomalib sampler"
             coreset = f"{m['coreset_s']:.2f}" if "coreset_s" in m else "-"
