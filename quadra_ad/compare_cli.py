@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from quadra_ad.tracking.mlflow_writer import sqlite_database
 from quadra_ad.tracking.run_table import (
     BUILTIN_COLUMNS, CompareError, build_table, display_path, fetch_runs, to_csv, to_markdown, to_terminal,
 )
@@ -59,9 +60,9 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     tracking_uri = args.tracking_uri or default_tracking_uri()
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
-        return _fail(f"no MLflow store at {tracking_uri[len('sqlite:///'):]}: run quadra-ad in this folder first, "
-                     "or pass --tracking-uri <uri>")
+    database = sqlite_database(tracking_uri)
+    if database is not None and not database.is_file():
+        return _fail(f"no MLflow store at {database}: run quadra-ad in this folder first, or pass --tracking-uri <uri>")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
         runs = fetch_runs(tracking_uri, args.experiment, args.filter, args.max_runs)
@@ -78,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     for note in table.notes:
         print(f"({note})")
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    written = [to_csv(table, args.output_dir / CSV_FILE), args.output_dir / MARKDOWN_FILE]
-    to_markdown(table, written[1], title=f"Runs ranked by {table.sort_metric}")
+    markdown = args.output_dir / MARKDOWN_FILE
+    to_markdown(table, markdown, title=f"Runs ranked by {table.sort_metric}")
+    written = [to_csv(table, args.output_dir / CSV_FILE), markdown]
     if args.plot:
         written.append(_plot(table, args.output_dir))
     best = table.best

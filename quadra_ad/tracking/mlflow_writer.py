@@ -10,7 +10,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
@@ -35,12 +34,17 @@ class TrackedRun:
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
 
 
+def sqlite_database(tracking_uri: str) -> Path | None:
+    """The database file of an embedded ``sqlite:///<path>`` store; None for any other URI."""
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
+
+
 def _local_artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
     """For an embedded SQLite store, keep artifacts in ``mlartifacts/`` beside the database."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme != "sqlite":
+    db_path = sqlite_database(tracking_uri)
+    if db_path is None:
         return None
-    db_path = Path(tracking_uri[len("sqlite:///"):])
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment_name)
     return (db_path.parent / "mlartifacts" / safe_name).resolve().as_uri()
 
