@@ -1,7 +1,9 @@
-"""The ``quadra-ad`` command: compose the Hydra config, then hand it to :func:`quadra_ad.run.run`.
+"""The ``quadra-ad`` command: compose the Hydra config, hand it to :func:`quadra_ad.run.run`,
+print where the results are, and return the objective to Hydra (for sweepers such as Optuna).
 
 Everything heavy (torch, anomalib, mlflow) is imported inside the task, after Hydra has parsed
-the command line, so ``--help``, ``--cfg job`` and ``--info`` stay fast.
+the command line, so ``--help``, ``--cfg job`` and ``--info`` stay fast. This module is the only
+one of ``quadra-ad`` that prints; the package logs.
 """
 
 import os
@@ -39,18 +41,29 @@ def _fail(error: QuadraADError) -> NoReturn:
     sys.exit(2)
 
 
+def _print_outcome(task) -> None:
+    print(f"quadra-ad: run folder {task.output_dir}")
+    tracked = task.tracked_run
+    if tracked is not None:
+        print(f"quadra-ad: logged MLflow run {tracked.run_id} ({tracked.status}) in experiment "
+              f"'{tracked.experiment_name}' at {tracked.tracking_uri}")
+        print(f"quadra-ad: to browse it: {tracked.ui_hint()}")
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def _hydra_entry(cfg: DictConfig) -> None:
-    from quadra_ad.run import run  # deferred: pulls in torch and anomalib
+def _hydra_entry(cfg: DictConfig) -> float | None:
+    from quadra_ad.run import objective, run  # deferred: pulls in torch and anomalib
 
     try:
-        run(cfg)
+        task = run(cfg)
     except QuadraADError as error:
         _fail(error)
     except KeyboardInterrupt:
         print("quadra-ad: interrupted: what the run wrote so far stays in its run folder; "
               "its MLflow run is marked KILLED", file=sys.stderr)
         sys.exit(130)
+    _print_outcome(task)
+    return objective(task, cfg)
 
 
 def _print_group(group: str) -> None:

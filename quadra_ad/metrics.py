@@ -1,15 +1,19 @@
 """Image- and pixel-level metrics, computed on raw scores so no ranking is lost.
 
-AUROC and AP come from scikit-learn in float64. torchmetrics is not used for them: it passes
+AUROC, AP, confusion counts and F1/precision/recall come from scikit-learn (AUROC and AP in
+float64); AUPRO from anomalib's ``AUPRO`` metric. torchmetrics is not used for AUROC: it passes
 any score outside [0, 1] through a sigmoid, which saturates raw anomaly scores (a PaDiM score of
 40 and one of 400 both become 1.0) and silently turns the ranking into ties.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 from quadra_ad.scored_set import ScoredSet
+from quadra_ad.thresholds import Calibration
 
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -23,28 +27,28 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def _counts(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, int]:
-    predicted, labels = predicted.bool(), labels.bool()
-    return {
-        "tp": int((predicted & labels).sum()),
-        "fp": int((predicted & ~labels).sum()),
-        "fn": int((~predicted & labels).sum()),
-        "tn": int((~predicted & ~labels).sum()),
-    }
+    """Confusion counts of binary predictions against binary labels (scikit-learn's matrix)."""
+    matrix = confusion_matrix(labels.flatten().numpy().astype(bool), predicted.flatten().numpy().astype(bool),
+                              labels=[False, True])
+    tn, fp, fn, tp = (int(v) for v in matrix.ravel())
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
 
 
-def _f1_precision_recall(counts: dict[str, int]) -> tuple[float, float, float]:
-    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return f1, precision, recall
+def _f1_precision_recall(predicted: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float]:
+    """F1, precision and recall of the anomalous class; 0 where undefined (no predicted or true anomalies)."""
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels.flatten().numpy().astype(bool), predicted.flatten().numpy().astype(bool),
+        labels=[True], average=None, zero_division=0,
+    )
+    return float(f1[0]), float(precision[0]), float(recall[0])
 
 
 def image_metrics(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
     """AUROC, AP, F1, precision, recall and confusion counts of ``score >= threshold``."""
     scores, labels = scores.flatten(), labels.flatten().long()
-    counts = _counts(scores >= threshold, labels)
-    f1, precision, recall = _f1_precision_recall(counts)
+    predicted = scores >= threshold
+    counts = _counts(predicted, labels)
+    f1, precision, recall = _f1_precision_recall(predicted, labels)
     metrics: dict[str, float] = {"image_F1": f1, "image_precision": precision, "image_recall": recall}
     if 0 < int(labels.sum()) < labels.numel():
         metrics["image_AUROC"] = auroc(scores, labels)
@@ -56,28 +60,36 @@ def image_metrics(scores: torch.Tensor, labels: torch.Tensor, threshold: float) 
 def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, threshold: float) -> dict[str, float]:
     """Pixel AUROC and F1 over every pixel of every labelled map."""
     maps, masks = maps.flatten(), masks.flatten().long()
-    counts = _counts(maps >= threshold, masks)
-    f1, _, _ = _f1_precision_recall(counts)
+    f1, _, _ = _f1_precision_recall(maps >= threshold, masks)
     metrics = {"pixel_F1": f1}
     if 0 < int(masks.sum()) < masks.numel():
         metrics["pixel_AUROC"] = auroc(maps, masks)
     return metrics
 
 
-def aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> float:
-    """Area under the per-region-overlap curve up to ``fpr_limit`` (anomalib's implementation)."""
-    from anomalib.metrics.aupro import _AUPRO
+class _MapsAndMasks(NamedTuple):
+    """The two batch fields anomalib's AUPRO reads."""
 
-    metric = _AUPRO(fpr_limit=fpr_limit)
-    metric.update(maps.float(), masks.int())
+    anomaly_map: torch.Tensor
+    gt_mask: torch.Tensor
+
+
+def aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> float:
+    """Area under the per-region-overlap curve up to ``fpr_limit``, by anomalib's ``AUPRO`` metric."""
+    from anomalib.metrics import AUPRO
+
+    metric = AUPRO(fields=list(_MapsAndMasks._fields), fpr_limit=fpr_limit)
+    metric.update(_MapsAndMasks(maps.float(), masks.int()))
     return float(metric.compute())
 
 
-def scored_set_metrics(scored: ScoredSet, image_threshold: float, pixel_threshold: float | None) -> dict[str, float]:
-    """Image metrics over the labelled images; pixel metrics too when masks and a pixel threshold exist."""
+def scored_set_metrics(scored: ScoredSet, calibration: Calibration) -> dict[str, float]:
+    """Image metrics over the labelled images at the calibration's thresholds; pixel metrics too
+    when there are masks, maps and a pixel threshold."""
     labelled = scored.labelled
     if not labelled:
         return {}
+    image_threshold, pixel_threshold = calibration.image_threshold, calibration.pixel_threshold
     metrics = image_metrics(scored.score_tensor(labelled), scored.label_tensor(labelled), image_threshold)
     metrics["image_threshold"] = image_threshold
     if scored.has_masks and scored.has_maps and pixel_threshold is not None:

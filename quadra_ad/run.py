@@ -1,6 +1,8 @@
-"""Run one composed config: seed, build the task named by ``cfg.task``, execute its lifecycle."""
+"""Run one composed config: seed, build the task named by ``cfg.task``, execute its lifecycle,
+and give back the objective a sweeper optimises."""
 
 import logging
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -30,3 +32,20 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> Task:
     task: Task = task_factory(config=cfg, output_dir=output_dir)
     task.execute()
     return task
+
+
+def objective(task: Task, cfg: DictConfig) -> float | None:
+    """The test metric ``core.optimized_metric`` names, as the value a Hydra sweeper optimises.
+
+    None when no metric is named; NaN (which a sweeper records as a failed trial) when the run
+    could not compute it, e.g. AUROC without both good and anomalous test images.
+    """
+    name = cfg.core.get("optimized_metric")
+    if not name:
+        return None
+    value = task.metrics.get(str(name))
+    if value is None:
+        log.warning("core.optimized_metric=%s: this run has no such metric (it has: %s); returning NaN",
+                    name, ", ".join(sorted(task.metrics)) or "none")
+        return math.nan
+    return float(value)

@@ -1,16 +1,20 @@
-"""The one threshold function, and the score normalisation that goes with it.
+"""Thresholds and score normalisation, carried together as one :class:`Calibration`.
 
 Convention everywhere in quadra_ad: a score **at or above** the threshold is anomalous.
 Normalised scores map the threshold to 0.5 and the validation range to a width of 1, without
 clipping, so ranking (and AUROC) is never lost.
+
+A :class:`Calibration` travels unchanged from the validation step (the score collector) to the
+model card (``model.json``), the report, the heatmaps and the inference task. This module needs
+NumPy only (scikit-learn when a threshold is computed), so a runtime without torch can read it.
 """
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 if TYPE_CHECKING:
     from quadra_ad.scored_set import ScoredSet
@@ -18,38 +22,41 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
+def f1_optimal_threshold(scores: Any, labels: Any) -> float:
     """Threshold maximising F1 of ``score >= threshold`` against binary ``labels``.
 
-    Works on any number of values (image scores or every pixel of every map). Without positive
-    labels F1 is undefined: the threshold is then put just above the highest score, so every
-    given sample counts as normal; without negatives, at the lowest score.
+    Works on any number of values (image scores or every pixel of every map), given as NumPy
+    arrays or CPU tensors. The candidate thresholds and their precision/recall come from
+    scikit-learn's ``precision_recall_curve``; where several thresholds reach the same F1, the
+    highest one wins. Without positive labels F1 is undefined: the threshold is then put just
+    above the highest score, so every given sample counts as normal; without negatives, at the
+    lowest score.
     """
-    scores = scores.detach().flatten().double()
-    labels = labels.detach().flatten().bool()
-    if scores.numel() == 0:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    if scores.size == 0:
         raise ValueError("f1_optimal_threshold needs at least one score")
     positives = int(labels.sum())
     if positives == 0:
         log.warning("No anomalous samples to tune a threshold on: using the highest normal score.")
         # Next float32 up, so the comparison agrees whether done in float32 or float64.
-        highest = scores.max().float()
-        return float(torch.nextafter(highest, torch.tensor(math.inf)))
-    if positives == labels.numel():
+        return float(np.nextafter(np.float32(scores.max()), np.float32(math.inf)))
+    if positives == labels.size:
         return float(scores.min())
-    order = torch.argsort(scores, descending=True)
-    sorted_scores = scores[order]
-    true_positives = torch.cumsum(labels[order].double(), dim=0)
-    predicted = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
-    # Only the last index of a run of equal scores is a reachable cut.
-    last_of_run = torch.ones_like(sorted_scores, dtype=torch.bool)
-    last_of_run[:-1] = sorted_scores[:-1] != sorted_scores[1:]
-    f1 = 2 * true_positives / (predicted + positives)
-    f1 = torch.where(last_of_run, f1, torch.full_like(f1, -1.0))
-    return float(sorted_scores[int(torch.argmax(f1))])
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    # F1 from the integer counts behind each point, so equal F1s compare equal (2PR/(P+R) in
+    # floating point can split a tie and pick another threshold).
+    true_positives = np.rint(recall[:-1] * positives)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        predicted = np.where(true_positives > 0, np.rint(true_positives / precision[:-1]), 0.0)
+    f1 = 2.0 * true_positives / (predicted + positives)
+    best = len(f1) - 1 - int(np.argmax(f1[::-1]))  # thresholds ascend: the last maximum is the highest
+    return float(thresholds[best])
 
 
-def normalize_scores(scores: torch.Tensor | float, threshold: float, score_min: float, score_max: float) -> torch.Tensor | float:
+def normalize_scores(scores: Any, threshold: float, score_min: float, score_max: float) -> Any:
     """Map raw scores so that ``threshold`` becomes 0.5 and the [min, max] range has width 1."""
     value_range = score_max - score_min
     if not math.isfinite(value_range) or value_range <= 0:
@@ -57,9 +64,13 @@ def normalize_scores(scores: torch.Tensor | float, threshold: float, score_min: 
     return (scores - threshold) / value_range + 0.5
 
 
-@dataclass
+@dataclass(frozen=True)
 class Calibration:
-    """Raw thresholds and score ranges measured on the validation set."""
+    """Raw thresholds and score ranges: what labels images and pixels, and what normalises scores.
+
+    ``pixel_*`` are None when the images had no masks (no pixel threshold) or the model has no
+    anomaly map (no pixel range).
+    """
 
     image_threshold: float
     image_min: float
@@ -68,21 +79,43 @@ class Calibration:
     pixel_min: float | None = None
     pixel_max: float | None = None
 
+    @property
+    def mask_threshold(self) -> float:
+        """The threshold that turns an anomaly map into a mask: the pixel one, else the image one."""
+        return self.pixel_threshold if self.pixel_threshold is not None else self.image_threshold
+
+    @property
+    def map_range(self) -> tuple[float, float]:
+        """Range of anomaly-map values for colouring, (0, 1) when none was measured."""
+        low = self.pixel_min if self.pixel_min is not None else 0.0
+        high = self.pixel_max if self.pixel_max is not None else 1.0
+        return low, high
+
+    def normalize(self, scores: Any) -> Any:
+        """Image scores normalised so that this calibration's image threshold is 0.5."""
+        return normalize_scores(scores, self.image_threshold, self.image_min, self.image_max)
+
+    def with_thresholds(self, image_threshold: float, pixel_threshold: float | None) -> "Calibration":
+        """The same score ranges with other thresholds deciding the labels."""
+        return replace(self, image_threshold=float(image_threshold),
+                       pixel_threshold=None if pixel_threshold is None else float(pixel_threshold))
+
 
 def calibrate(scored: "ScoredSet") -> Calibration:
     """F1-optimal image (and pixel, with masks) thresholds plus score ranges of ``scored``."""
     labelled = scored.labelled
-    scores = scored.score_tensor(labelled)
-    calibration = Calibration(
-        image_threshold=f1_optimal_threshold(scores, scored.label_tensor(labelled)),
+    scores = scored.score_tensor(labelled).numpy()
+    pixel_threshold = pixel_min = pixel_max = None
+    if scored.has_maps:
+        maps = scored.map_tensor(labelled).numpy()
+        pixel_min, pixel_max = float(maps.min()), float(maps.max())
+        if scored.has_masks:
+            pixel_threshold = f1_optimal_threshold(maps, scored.mask_tensor(labelled).numpy())
+    return Calibration(
+        image_threshold=f1_optimal_threshold(scores, scored.label_tensor(labelled).numpy()),
         image_min=float(scores.min()),
         image_max=float(scores.max()),
+        pixel_threshold=pixel_threshold,
+        pixel_min=pixel_min,
+        pixel_max=pixel_max,
     )
-    if scored.has_maps:
-        maps = scored.map_tensor(labelled)
-        calibration.pixel_min = float(maps.min())
-        calibration.pixel_max = float(maps.max())
-        if scored.has_masks:
-            masks = scored.mask_tensor(labelled)
-            calibration.pixel_threshold = f1_optimal_threshold(maps, masks)
-    return calibration

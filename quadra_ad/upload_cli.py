@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quadra_ad.tracking.run_logger import REQUEST_FILE, upload_request
+from quadra_ad.tracking.run_logger import REQUEST_FILE, TrackingFailed, upload_request
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quadra-ad-upload: error: '{args.run_folder}' is already logged as MLflow run {logged}; "
               f"add --force to log it again", file=sys.stderr)
         return 2
-    return 0 if upload_request(request, args.tracking_uri, args.experiment_name) is not None else 1
+    try:
+        tracked = upload_request(request, args.tracking_uri, args.experiment_name)
+    except TrackingFailed as failure:
+        print(f"quadra-ad-upload: {failure}", file=sys.stderr)
+        return 1
+    print(f"quadra-ad-upload: logged MLflow run {tracked.run_id} ({tracked.status}) in experiment "
+          f"'{tracked.experiment_name}' at {tracked.tracking_uri}")
+    print(f"quadra-ad-upload: to browse it: {tracked.ui_hint()}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 #: Faint defects: AUROC well below 1, so a worse coreset would show.
 SYNTHETIC_CONTRAST = 0.05
@@ -73,8 +72,7 @@ def run_child(command: list[str], cwd: Path, env: dict | None = None, timeout: f
 
 # -- child: plain anomalib -------------------------------------------------------------------
 def child_engine(model: str, data: Path, size: int, seed: int, workdir: Path, result: Path) -> None:
-    sys.path.insert(0, str(SCRIPTS))
-    from engine_parity import engine_setup, raw_score_auroc
+    from quadra_ad.testing.engine_parity import engine_setup, raw_score_auroc
 
     import anomalib.engine  # noqa: F401 - imports are not part of any step, on either side
     import anomalib.models  # noqa: F401
@@ -126,7 +124,7 @@ def child_throughput(torch_file: Path, run_folder: Path, size: int, seconds: flo
     import torch
 
     from quadra_ad.export.graph import AnomalyGraph
-    from quadra_ad.export.loaders import load_exported_model
+    from quadra_ad.deploy.loader import load_exported_model
 
     eager = AnomalyGraph(torch.load(torch_file, map_location="cpu", weights_only=False)["model"].model).eval()
     scripted_path = run_folder / "deployment_model" / "model.pt"
@@ -239,7 +237,7 @@ def main() -> int:
         workdir = Path(tmp)
         dataset = f"synthetic, defect contrast {SYNTHETIC_CONTRAST}" if args.data is None else args.data.name
         if args.data is None:
-            from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+            from quadra_ad.testing.synthetic import write_synthetic_dataset
 
             args.data = write_synthetic_dataset(workdir / "data", n_train=args.n_train, n_test_good=20,
                                                 n_test_defect=20, size=args.size,

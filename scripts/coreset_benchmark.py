@@ -54,11 +54,11 @@ def resnet_embedding(n_images: int, size: int, seed: int):
     import torch
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    from quadra_ad.datamodules.synthetic import _texture
+    from quadra_ad.testing.synthetic import texture
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    images = torch.from_numpy(np.stack([_texture(rng, size) for _ in range(n_images)])).permute(0, 3, 1, 2)
+    images = torch.from_numpy(np.stack([texture(rng, size) for _ in range(n_images)])).permute(0, 3, 1, 2)
     model = PatchcoreModel(layers=["layer2", "layer3"], backbone="resnet18", pre_trained=False).train()
     with torch.no_grad():
         for batch in images.split(16):
@@ -165,7 +165,7 @@ def main() -> None:
         print(f"speed-up: {rows['anomalib']['seconds'] / rows['fast']['seconds']:.1f}x")
 
         if args.auroc:
-            from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+            from quadra_ad.testing.synthetic import write_synthetic_dataset
 
             data = write_synthetic_dataset(workdir / "data", n_train=args.images, n_test_good=20, n_test_defect=20,
                                            size=args.size, defect_contrast=args.defect_contrast)

@@ -6,7 +6,7 @@
 
 import argparse
 
-from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+from quadra_ad.testing.synthetic import write_synthetic_dataset
 
 
 def main() -> None:

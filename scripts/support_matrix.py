@@ -1,6 +1,6 @@
 """Generate the model support matrix from real runs: fit, TorchScript, ONNX, parity, s/epoch.
 
-Each model runs its smoke recipe (quadra_ad.models.smoke: smallest input size, random backbone
+Each model runs its smoke recipe (quadra_ad.testing.smoke: smallest input size, random backbone
 weights, offline stand-ins) in its own process on a synthetic dataset: train + test + export,
 then the inference task on both exported files, compared with the training scores.
 
@@ -30,7 +30,7 @@ def run_one(model: str, data: Path, folder: Path) -> dict:
 
     from quadra_ad.config.compose import compose_config
     from quadra_ad.config.instantiation import instantiate_node
-    from quadra_ad.models.smoke import EXPORT_FILES, RECIPES, compare_scores, inference_overrides, smoke_overrides
+    from quadra_ad.testing.smoke import EXPORT_FILES, RECIPES, compare_scores, inference_overrides, smoke_overrides
     from quadra_ad.run import run
 
     logging.basicConfig(level=logging.ERROR)
@@ -114,7 +114,7 @@ def update_readme(table: str) -> None:
 
 
 def main() -> int:
-    from quadra_ad.models.smoke import RECIPES
+    from quadra_ad.testing.smoke import RECIPES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -129,7 +129,7 @@ def main() -> int:
         print(json.dumps(run_one(args.one, args.data, args.folder)))
         return 0
 
-    from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+    from quadra_ad.testing.synthetic import write_synthetic_dataset
 
     rows = []
     previous = json.loads(args.json.read_text())["rows"] if args.json.is_file() else []

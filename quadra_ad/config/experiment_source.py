@@ -3,6 +3,19 @@
 Hydra maps a group name to a folder of the same name under each search-path root. Our
 experiments live in a folder called ``experiments/`` (ours, and one in the user's working
 directory), so this source exposes ``<folder>/a/b.yaml`` as ``experiment/a/b``.
+
+Why a plugin and not stock Hydra (``hydra.searchpath`` plus an ``experiment/`` group folder),
+checked with hydra-core 1.3.8:
+
+- a stock group is a folder named after the group, so the README's ``./experiments/<name>.yaml``
+  (plural, in the working directory) could not be ``experiment=<name>``;
+- ``hydra.searchpath`` roots come after the primary config folder, so a shipped experiment wins
+  over the user's file of the same name, where the README promises the opposite;
+- Hydra lists a group's options one folder level at a time, so tab completion of
+  ``experiment=`` offers nothing for nested names (``base/anomaly/padim``). :meth:`list` here
+  gives every experiment, at any depth, as one option of the group.
+
+``--list experiment`` and the did-you-mean line come from :mod:`quadra_ad.config.preflight`.
 """
 
 from pathlib import Path
@@ -70,6 +83,12 @@ class ExperimentFolderSource(ConfigSource):
         folder_path = self._folder_path(config_path)
         if folder_path is None or not folder_path.is_dir():
             return []
+        if config_path.strip("/") == GROUP:
+            # The whole group as one flat list of options, sub-folders included: what completion,
+            # --help and glob() sweeps offer for experiment=.
+            if results_filter == ObjectType.GROUP:
+                return []
+            return sorted(p.relative_to(folder_path).with_suffix("").as_posix() for p in folder_path.rglob("*.yaml"))
         files: list[str] = []
         for entry in folder_path.iterdir():
             self._list_add_result(

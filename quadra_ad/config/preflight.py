@@ -15,12 +15,17 @@ _SWEEP_MARKERS = ("(", ")", "[", "]", "{", "}", "$", "*")
 
 
 def group_options(group: str) -> list[str]:
-    """Every selectable name of a config group (``experiment`` included)."""
+    """Every selectable name of a config group (``experiment`` included).
+
+    Files whose name starts with ``_`` are shared parts that the group's own files include
+    (``model/_anomalib_components.yaml``), not options.
+    """
     roots = experiment_dirs() if group == "experiment" else [config_dir() / group]
     names: set[str] = set()
     for root in roots:
         if root.is_dir():
-            names.update(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+            names.update(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml")
+                         if not p.name.startswith("_"))
     return sorted(names)
 
 

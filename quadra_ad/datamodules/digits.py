@@ -8,7 +8,7 @@ MNIST (one digit good, the rest anomalous).
 import cv2
 import numpy as np
 
-from quadra_ad.datamodules.digits_layout import DigitAnomalyDataModule
+from quadra_ad.datamodules.digits_layout import OneDigitNormalDataModule
 
 _SIDE = 32
 
@@ -28,7 +28,7 @@ def load_digits_arrays(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return images[train], labels[train], images[test], labels[test]
 
 
-class DigitsAnomalyDataModule(DigitAnomalyDataModule):
+class DigitsAnomalyDataModule(OneDigitNormalDataModule):
     """The offline demo: scikit-learn's digits, ``good_number`` normal and the rest anomalous."""
 
     def load_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

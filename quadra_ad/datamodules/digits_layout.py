@@ -68,7 +68,7 @@ def write_digit_anomaly_folder(
     return root
 
 
-class DigitAnomalyDataModule(AnomalyDataModule):
+class OneDigitNormalDataModule(AnomalyDataModule):
     """Base for datamodules that generate their folder from a digit dataset.
 
     Args:

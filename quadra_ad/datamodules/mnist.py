@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quadra_ad.datamodules.digits_layout import DigitAnomalyDataModule
+from quadra_ad.datamodules.digits_layout import OneDigitNormalDataModule
 from quadra_ad.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def download_mnist(data_path: Path) -> None:
     MNIST(root=str(data_path), train=False, download=True)
 
 
-class MNISTAnomalyDataModule(DigitAnomalyDataModule):
+class MNISTAnomalyDataModule(OneDigitNormalDataModule):
     """MNIST as an anomaly-detection folder (``good_number`` normal, other digits anomalous)."""
 
     def _mnist_files(self) -> dict[str, Path]:

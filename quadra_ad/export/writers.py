@@ -5,15 +5,34 @@ Both have a dynamic batch dimension; the spatial size is fixed to the training i
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from quadra_ad.deploy.runners import OnnxModel, TorchScriptModel
 from quadra_ad.errors import ConfigError, ExportError
 from quadra_ad.export.graph import INPUT_NAME, OUTPUT_NAMES, AnomalyGraph
-from quadra_ad.export.loaders import OnnxModel, TorchScriptModel
 
 log = logging.getLogger(__name__)
+
+#: Loggers of the ONNX exporter that report every optimisation pass at INFO.
+CHATTY_ONNX_LOGGERS = ("onnxscript", "onnx_ir")
+
+
+@contextmanager
+def _at_least_warning(names: tuple[str, ...]) -> Iterator[None]:
+    """Within the block the named loggers drop INFO records; their levels are restored after."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def export_torchscript(graph: AnomalyGraph, example: torch.Tensor, folder: Path) -> Path:
@@ -31,9 +50,7 @@ def export_onnx(
 ) -> Path:
     """Export the graph to ONNX (``model.onnx``) with the dynamo exporter, weights inline."""
     path = folder / "model.onnx"
-    for chatty in ("onnxscript", "onnx_ir"):  # they log every optimisation pass at INFO
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _at_least_warning(CHATTY_ONNX_LOGGERS):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             graph,

@@ -17,20 +17,19 @@ import torch.nn.functional as F
 from quadra_ad.datamodules.dataset import ImagePreparation
 from quadra_ad.datamodules.images import read_image
 from quadra_ad.scored_set import ScoredSet
+from quadra_ad.thresholds import Calibration
 
 HEATMAPS_DIR = "heatmaps"
 RAW_OUTPUTS_DIR = "raw_outputs"
 _MIN_PANEL = 256
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeatmapSettings:
-    """How to draw: thresholds for labels and masks, map range for colours, what to write."""
+    """How to draw: the calibration gives the thresholds for labels and masks and the map range
+    for colours; the flags say what to write."""
 
-    image_threshold: float
-    pixel_threshold: float
-    map_min: float
-    map_max: float
+    calibration: Calibration
     only_wrong: bool = False
     raw_outputs: bool = False
 
@@ -67,7 +66,7 @@ def _strip(image: np.ndarray, anomaly_map: np.ndarray, pred_mask: np.ndarray, tr
         return cv2.resize(array, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
 
     big_image = up(image)
-    heat = cv2.addWeighted(big_image, 0.4, up(_colour_map(anomaly_map, settings.map_min, settings.map_max)), 0.6, 0)
+    heat = cv2.addWeighted(big_image, 0.4, up(_colour_map(anomaly_map, *settings.calibration.map_range)), 0.6, 0)
     panels = [
         _titled(big_image, caption),
         _titled(heat, "anomaly map"),
@@ -83,15 +82,16 @@ def write_heatmaps(scored: ScoredSet, preparation: ImagePreparation, output_dir:
     if not scored.has_maps:
         return 0
     written = 0
+    image_threshold, mask_threshold = settings.calibration.image_threshold, settings.calibration.mask_threshold
     for i, image_path in enumerate(scored.image_paths):
         label = scored.labels[i]
-        predicted = int(scored.scores[i] >= settings.image_threshold)
+        predicted = int(scored.scores[i] >= image_threshold)
         if settings.only_wrong and (label is None or predicted == label):
             continue
         path = Path(image_path)
         original = read_image(path)
         anomaly_map = scored.maps[i].numpy()
-        pred_mask = anomaly_map >= settings.pixel_threshold
+        pred_mask = anomaly_map >= mask_threshold
         true_mask = scored.masks[i].numpy() if scored.has_masks else None
         caption = f"label={'?' if label is None else label} pred={predicted} score={scored.scores[i]:.4g}"
         strip = _strip(_to_bgr(preparation.display_image(original, path)), anomaly_map, pred_mask, true_mask, settings, caption)
@@ -99,7 +99,7 @@ def write_heatmaps(scored: ScoredSet, preparation: ImagePreparation, output_dir:
         target.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(target / f"{path.stem}.png"), strip)
         if settings.raw_outputs:
-            _write_raw(scored.maps[i], preparation.region_size(original, path), settings.pixel_threshold,
+            _write_raw(scored.maps[i], preparation.region_size(original, path), mask_threshold,
                        output_dir / RAW_OUTPUTS_DIR / scored.defect_types[i], path.stem)
         written += 1
     return written

@@ -1,12 +1,15 @@
-"""Summary plots: confusion matrix and score histogram with the threshold line."""
+"""Summary plots: confusion matrix and score histogram with the threshold line.
+
+Figures are made with matplotlib's object API (``Figure``), not ``pyplot``: they are written to
+files only, so no backend is chosen or switched for the process that imports this module.
+"""
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 SCORE_HISTOGRAM_PNG = "score_histogram.png"
@@ -15,7 +18,8 @@ SCORE_HISTOGRAM_PNG = "score_histogram.png"
 def plot_confusion_matrix(counts: dict[str, int], path: Path) -> Path:
     """2×2 matrix of true (rows) against predicted (columns) labels."""
     matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
-    figure, axis = plt.subplots(figsize=(4, 3.6))
+    figure = Figure(figsize=(4, 3.6))
+    axis = figure.subplots()
     axis.imshow(matrix, cmap="Blues")
     for (row, col), value in np.ndenumerate(matrix):
         colour = "white" if value > matrix.max() / 2 else "black"
@@ -26,7 +30,6 @@ def plot_confusion_matrix(counts: dict[str, int], path: Path) -> Path:
     axis.set_ylabel("true")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return Path(path)
 
 
@@ -39,7 +42,8 @@ def plot_score_histogram(scores: list[float], labels: list[int | None], threshol
         "unknown": [s for s, label in zip(scores_array, labels) if label is None],
     }
     bins = np.histogram_bin_edges(np.append(scores_array, threshold), bins=30)
-    figure, axis = plt.subplots(figsize=(6, 3.6))
+    figure = Figure(figsize=(6, 3.6))
+    axis = figure.subplots()
     for name, colour in (("good", "tab:green"), ("anomalous", "tab:red"), ("unknown", "tab:gray")):
         if groups[name]:
             axis.hist(groups[name], bins=bins, alpha=0.6, label=f"{name} ({len(groups[name])})", color=colour)
@@ -49,7 +53,6 @@ def plot_score_histogram(scores: list[float], labels: list[int | None], threshol
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return Path(path)
 
 
@@ -57,8 +60,9 @@ def plot_metric_by_model(runs: list[tuple[str, str, float]], metric: str, path: 
     """Bar chart of ``metric`` per run (``(run, model, value)``), runs of one model side by side in one colour."""
     ordered = sorted(runs, key=lambda item: (item[1], -item[2]))
     models = list(dict.fromkeys(model for _, model, _ in ordered))
-    colours = {model: plt.get_cmap("tab10")(i % 10) for i, model in enumerate(models)}
-    figure, axis = plt.subplots(figsize=(max(5.5, 0.5 * len(ordered) + 2), 4.2))
+    colours = {model: colormaps["tab10"](i % 10) for i, model in enumerate(models)}
+    figure = Figure(figsize=(max(5.5, 0.5 * len(ordered) + 2), 4.2))
+    axis = figure.subplots()
     positions = np.arange(len(ordered))
     bars = axis.bar(positions, [value for _, _, value in ordered], color=[colours[m] for _, m, _ in ordered])
     for bar, (_, _, value) in zip(bars, ordered):
@@ -67,9 +71,8 @@ def plot_metric_by_model(runs: list[tuple[str, str, float]], metric: str, path: 
     axis.set_xticks(positions, [run for run, _, _ in ordered], rotation=45, ha="right", fontsize=7)
     axis.set_ylabel(metric)
     axis.set_title(f"{metric} per run, grouped by model", fontsize=10)
-    axis.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[m]) for m in models], labels=models,
+    axis.legend(handles=[Rectangle((0, 0), 1, 1, color=colours[m]) for m in models], labels=models,
                 fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return Path(path)

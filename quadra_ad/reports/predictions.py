@@ -4,30 +4,24 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
 
 from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import normalize_scores
-
-if TYPE_CHECKING:
-    from quadra_ad.reports.report import ScoreScale
+from quadra_ad.thresholds import Calibration
 
 PREDICTIONS_CSV = "predictions.csv"
 METRICS_JSON = "metrics.json"
 COLUMNS = ["image_path", "defect_type", "label", "raw_score", "normalized_score", "predicted_label", "threshold"]
 
 
-def write_predictions(scored: ScoredSet, path: Path, threshold: float, scale: "ScoreScale") -> Path:
+def write_predictions(scored: ScoredSet, path: Path, threshold: float, normalization: Calibration) -> Path:
     """One row per image; ``label`` is empty for unknown images.
 
-    ``threshold`` decides the predicted label; ``scale`` (the training statistics) defines the
-    normalised score, so 0.5 there is always the training threshold.
+    ``threshold`` decides the predicted label; ``normalization`` (the training calibration)
+    defines the normalised score, so 0.5 there is always the training threshold.
     """
-    import torch
-
-    normalized = normalize_scores(
-        torch.tensor(scored.scores, dtype=torch.float64), scale.threshold, scale.score_min, scale.score_max
-    )
+    normalized = normalization.normalize(np.asarray(scored.scores, dtype=np.float64))
     with Path(path).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)

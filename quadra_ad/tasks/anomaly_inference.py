@@ -11,14 +11,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from quadra_ad.config.instantiation import instantiate_node
+from quadra_ad.deploy.loader import load_exported_model
+from quadra_ad.deploy.runners import ExportedModel
 from quadra_ad.errors import ConfigError
-from quadra_ad.export.loaders import ExportedModel, load_exported_model
 from quadra_ad.metrics import scored_set_metrics
 from quadra_ad.reports.heatmaps import HEATMAPS_DIR, RAW_OUTPUTS_DIR, HeatmapSettings, write_heatmaps
-from quadra_ad.reports.report import ScoreScale, write_report
+from quadra_ad.reports.report import write_report
 from quadra_ad.scored_set import ScoredSet, concat_scored_sets
 from quadra_ad.tasks.base import Task
-from quadra_ad.thresholds import calibrate, normalize_scores
+from quadra_ad.thresholds import Calibration, calibrate
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class AnomalyInferenceTask(Task):
         self.plot_raw_outputs = plot_raw_outputs
         self.labelled = ScoredSet()
         self.unknown = ScoredSet()
+        #: The thresholds that label images and pixels here, with the training score ranges.
+        self.calibration: Calibration | None = None
         self.threshold_source = ""
         self.report_files: list[Path] = []
 
@@ -75,7 +78,7 @@ class AnomalyInferenceTask(Task):
                 f"the model takes {card.input_channels}-channel images (model.json input_channels) but quadra_ad "
                 f"reads every image as 3-channel RGB; export the model with 3-channel input"
             )
-        if self.use_training_threshold and self.training_threshold_type == "pixel" and card.pixel_threshold is None:
+        if self.use_training_threshold and self.training_threshold_type == "pixel" and card.calibration.pixel_threshold is None:
             raise ConfigError(
                 "task.use_training_threshold=true with task.training_threshold_type=pixel, but the training run had "
                 "no masks so model.json has no pixel threshold: use task.training_threshold_type=image"
@@ -103,47 +106,36 @@ class AnomalyInferenceTask(Task):
                 scores, maps = self.model(batch.image)
                 # Image-level models export a placeholder map: never score or draw it.
                 target.add_batch(batch.image_path, batch.gt_label, scores, maps if has_map else None, batch.gt_mask)
-        self.image_threshold, self.pixel_threshold = self._thresholds()
-        self.metrics = scored_set_metrics(self.labelled, self.image_threshold, self.pixel_threshold)
-        card = self.model.card
+        self.calibration = self._calibration()
+        self.metrics = scored_set_metrics(self.labelled, self.calibration)
         if self.metrics:
-            self.metrics["image_threshold_normalized"] = float(
-                normalize_scores(self.image_threshold, card.image_threshold, card.image_min, card.image_max)
-            )
-        log.info("Threshold: %.6g (%s); %d labelled, %d unknown images", self.image_threshold,
+            self.metrics["image_threshold_normalized"] = float(self.model.card.calibration.normalize(self.calibration.image_threshold))
+        log.info("Threshold: %.6g (%s); %d labelled, %d unknown images", self.calibration.image_threshold,
                  self.threshold_source, len(self.labelled), len(self.unknown))
 
-    def _thresholds(self) -> tuple[float, float | None]:
-        card = self.model.card
-        training_image = card.pixel_threshold if self.training_threshold_type == "pixel" else card.image_threshold
+    def _calibration(self) -> Calibration:
+        """The training calibration with the thresholds this run decides by."""
+        training = self.model.card.calibration
         if self.use_training_threshold:
             self.threshold_source = f"training {self.training_threshold_type} threshold"
-            return training_image, card.pixel_threshold
+            image = training.pixel_threshold if self.training_threshold_type == "pixel" else training.image_threshold
+            return training.with_thresholds(image, training.pixel_threshold)
         labels = {self.labelled.labels[i] for i in self.labelled.labelled}
         if labels != {0, 1}:
             self.threshold_source = "training image threshold (no good and anomalous images to recompute it on)"
             log.warning("Cannot recompute the threshold without both good and anomalous images: using the training one.")
-            return card.image_threshold, card.pixel_threshold
-        calibration = calibrate(self.labelled)
+            return training
+        recomputed = calibrate(self.labelled)
         self.threshold_source = "recomputed: F1-optimal on this data"
-        pixel = calibration.pixel_threshold if calibration.pixel_threshold is not None else card.pixel_threshold
-        return calibration.image_threshold, pixel
+        pixel = recomputed.pixel_threshold if recomputed.pixel_threshold is not None else training.pixel_threshold
+        return training.with_thresholds(recomputed.image_threshold, pixel)
 
     def report(self) -> None:
-        card = self.model.card
         scored = concat_scored_sets(self.labelled, self.unknown)
-        scale = ScoreScale(card.image_threshold, card.image_min, card.image_max)
-        self.report_files = write_report(scored, self.metrics, self.image_threshold, scale, self.output_dir)
+        self.report_files = write_report(scored, self.metrics, self.output_dir, self.model.card.calibration,
+                                         threshold=self.calibration.image_threshold)
         if self.plot_heatmaps or self.plot_raw_outputs:
-            pixel_threshold = self.pixel_threshold if self.pixel_threshold is not None else self.image_threshold
-            settings = HeatmapSettings(
-                image_threshold=self.image_threshold,
-                pixel_threshold=pixel_threshold,
-                map_min=card.pixel_min if card.pixel_min is not None else 0.0,
-                map_max=card.pixel_max if card.pixel_max is not None else 1.0,
-                only_wrong=self.plot_only_wrong,
-                raw_outputs=self.plot_raw_outputs,
-            )
+            settings = HeatmapSettings(self.calibration, only_wrong=self.plot_only_wrong, raw_outputs=self.plot_raw_outputs)
             for part in (self.labelled, self.unknown):
                 write_heatmaps(part, self.datamodule.preparation, self.output_dir, settings)
 

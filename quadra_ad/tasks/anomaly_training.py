@@ -4,45 +4,34 @@ Which model, data and trainer are used is decided by the config alone.
 """
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
+from quadra_ad.callbacks.from_config import build_callbacks, without_auroc_checkpoints
+from quadra_ad.callbacks.score_collector import ScoreCollector
 from quadra_ad.config.instantiation import instantiate_node
+from quadra_ad.deploy.model_card import ModelCard
 from quadra_ad.errors import DatasetError, QuadraADError
 from quadra_ad.export.graph import AnomalyGraph
-from quadra_ad.export.model_json import ModelCard, package_versions
 from quadra_ad.export.writers import export_graph
 from quadra_ad.metrics import scored_set_metrics
-from quadra_ad.models.backbones import build_model
+from quadra_ad.models.factory import build_model
+from quadra_ad.models.trainer_arguments import merge_trainer_arguments
 from quadra_ad.reports.heatmaps import HEATMAPS_DIR, RAW_OUTPUTS_DIR
-from quadra_ad.reports.report import ScoreScale, write_report
+from quadra_ad.reports.report import write_report
 from quadra_ad.scored_set import concat_scored_sets
 from quadra_ad.tasks.base import Task
-from quadra_ad.tasks.score_collector import ScoreCollector
 from quadra_ad.thresholds import Calibration
 from quadra_ad.tracking.lightning_history import read_lightning_history
+from quadra_ad.versions import package_versions
 
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_FOLDER = "deployment_model"
 RESOLVED_CONFIG = "config_resolved.yaml"
-
-
-def build_callbacks(cfg: DictConfig) -> list:
-    """Instantiate every ``callbacks.<name>`` entry that is not null and not ``enabled: false``."""
-    callbacks = []
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if node is None or "_target_" not in node:
-            continue
-        if node.get("enabled", True) is False:
-            continue
-        callback_node = OmegaConf.masked_copy(node, [k for k in node if k != "enabled"])
-        callbacks.append(instantiate_node(OmegaConf.create({"callbacks": {name: callback_node}}), f"callbacks.{name}"))
-    return callbacks
 
 
 class AnomalyTrainingTask(Task):
@@ -71,14 +60,11 @@ class AnomalyTrainingTask(Task):
         callbacks = [self.collector, *build_callbacks(cfg)]
         labels = {s.label for s in self.datamodule.layout.test if s.label is not None}
         if labels != {0, 1}:
-            # val_image_AUROC needs good and anomalous images: without it there is no best epoch.
-            dropped = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor == "val_image_AUROC"]
-            if dropped:
-                log.warning("The test images are not both good and anomalous: no best-epoch checkpoint; the last epoch is used.")
-            callbacks = [cb for cb in callbacks if cb not in dropped]
+            callbacks = without_auroc_checkpoints(callbacks)
         self.checkpoint = next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint)), None)
+        trainer_cfg = OmegaConf.create({"trainer": merge_trainer_arguments(cfg.trainer, self.model)})
         self.trainer = instantiate_node(
-            cfg,
+            trainer_cfg,
             "trainer",
             callbacks=callbacks,
             logger=CSVLogger(save_dir=str(self.output_dir), name="lightning_logs"),
@@ -110,8 +96,7 @@ class AnomalyTrainingTask(Task):
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
         if self.datamodule.layout.unknown:
             self.trainer.predict(self.model, dataloaders=self.datamodule.predict_dataloader(), return_predictions=False)
-        cal = self.calibration
-        self.metrics = scored_set_metrics(self.collector.test, cal.image_threshold, cal.pixel_threshold)
+        self.metrics = scored_set_metrics(self.collector.test, self.calibration)
         summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(self.metrics.items()) if "AUROC" in k or k.endswith("F1"))
         log.info("Test metrics: %s", summary)
 
@@ -132,10 +117,8 @@ class AnomalyTrainingTask(Task):
         self._model_card().write(folder)
 
     def report(self) -> None:
-        cal = self.calibration
         scored = concat_scored_sets(self.collector.test, self.collector.predict)
-        scale = ScoreScale(cal.image_threshold, cal.image_min, cal.image_max)
-        self.report_files = write_report(scored, self.metrics, cal.image_threshold, scale, self.output_dir)
+        self.report_files = write_report(scored, self.metrics, self.output_dir, self.calibration)
 
     def finalize(self) -> None:
         super().finalize()
@@ -169,12 +152,12 @@ class AnomalyTrainingTask(Task):
     # -- helpers ---------------------------------------------------------------------------
     def _model_card(self) -> ModelCard:
         dm = self.datamodule
-        cal = self.calibration
         return ModelCard(
             model_class=f"{type(self.model).__module__}.{type(self.model).__name__}",
             input_size=list(dm.image_size),
             mean=list(dm.mean),
             std=list(dm.std),
+            calibration=self.calibration,
             task_type=dm.layout.task_type,
             files={k: p.name for k, (p, _) in self.exported.items()},
             fixed_batch_size={k: b for k, (_, b) in self.exported.items() if b is not None},
@@ -186,7 +169,6 @@ class AnomalyTrainingTask(Task):
                 "dataset": str(dm.layout.root),
                 "seed": int(self.config.core.seed),
             },
-            **asdict(cal),
         )
 
 

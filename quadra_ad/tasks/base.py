@@ -28,7 +28,9 @@ class Task:
         self.metrics: dict[str, float] = {}
         #: Wall seconds per lifecycle step, written to ``timings.json`` and logged as ``time_<step>_s``.
         self.timings: dict[str, float] = {}
+        #: Where the run was logged (None when it was not); ``tracking_error`` says why not, in one line.
         self.tracked_run = None
+        self.tracking_error: str | None = None
 
     def prepare(self) -> None:
         """Build everything the later steps need (data, model, trainer)."""
@@ -47,7 +49,6 @@ class Task:
 
     def finalize(self) -> None:
         """Log the run to the tracker. Must never lose what is already on disk."""
-        print(f"quadra-ad: run folder {self.output_dir}")
         self.track("FINISHED")
 
     # -- tracking --------------------------------------------------------------------------
@@ -63,17 +64,25 @@ class Task:
         return None
 
     def track(self, status: str, error: BaseException | None = None) -> None:
-        """Log the run with ``status``; an error's first line becomes the ``quadra_ad.error`` tag."""
-        from quadra_ad.tracking.run_logger import track_run
+        """Log the run with ``status``; an error's first line becomes the ``quadra_ad.error`` tag.
+
+        A tracking failure never raises: it is logged and kept in ``tracking_error``.
+        """
+        from quadra_ad.tracking.run_logger import TrackingFailed, track_run
 
         tags = self.tracking_tags()
         if error is not None:
             text = str(error).strip()
             tags["quadra_ad.error"] = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:500]
         metrics = {**self.metrics, **{f"time_{step}_s": seconds for step, seconds in self.timings.items()}}
-        self.tracked_run = track_run(
-            self.config, self.output_dir, metrics, self.tracking_artifacts(), tags, self.tracking_history(), status=status
-        )
+        try:
+            self.tracked_run = track_run(
+                self.config, self.output_dir, metrics, self.tracking_artifacts(), tags, self.tracking_history(),
+                status=status,
+            )
+        except TrackingFailed as failure:
+            self.tracked_run, self.tracking_error = None, str(failure)
+            log.warning("%s", failure)
 
     def execute(self) -> None:
         """Run every step in order; an interrupted or failed run is still tracked."""

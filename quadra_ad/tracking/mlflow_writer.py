@@ -27,6 +27,7 @@ class TrackedRun:
     experiment_name: str
     experiment_id: str
     run_id: str
+    status: str = "FINISHED"
 
     def ui_hint(self) -> str:
         if self.tracking_uri.startswith(("http://", "https://")):
@@ -120,4 +121,4 @@ def log_run(
         except Exception:  # noqa: BLE001 - the original error is the one to report
             log.debug("could not mark run %s FAILED", run_id)
         raise
-    return TrackedRun(tracking_uri, experiment_name, experiment_id, run_id)
+    return TrackedRun(tracking_uri, experiment_name, experiment_id, run_id, status)

@@ -1,4 +1,8 @@
-"""Log a finished task to MLflow from its config, or say in one line why it was not logged."""
+"""Log a finished task to MLflow from its config, or say in one line why it was not logged.
+
+Nothing here prints: the outcome is returned (a :class:`TrackedRun`) or raised as
+:class:`TrackingFailed` with its one-line message, and the command-line tools print it.
+"""
 
 import json
 import logging
@@ -45,7 +49,7 @@ def _sweep_tags() -> dict[str, str]:
 
 def base_tags(config: DictConfig, output_dir: Path, task_name: str) -> dict[str, str]:
     """Tags every run carries: versions, task, run folder, command line, git commit, host, sweep, user tag."""
-    from quadra_ad.export.model_json import package_versions
+    from quadra_ad.versions import package_versions
 
     tags = {
         "quadra_ad.version": quadra_ad.__version__,
@@ -70,11 +74,12 @@ def track_run(
     metric_history: dict[str, list[tuple[int, float]]] | None = None,
     status: str = "FINISHED",
 ):
-    """Log one run as ``logger.mlflow`` says; return the TrackedRun, or None when not logged.
+    """Log one run as ``logger.mlflow`` says; return the TrackedRun, or None when no logger is configured.
 
     Everything the run needs is first written to ``<run folder>/mlflow_run.json``, so a run that
-    could not be logged (server down) can be uploaded later with ``quadra-ad-upload``.
-    Never raises: the outputs are already on disk and stay there whatever happens here.
+    could not be logged (server down) can be uploaded later with ``quadra-ad-upload``; then
+    :class:`TrackingFailed` says so. The outputs are already on disk and stay there whatever
+    happens here.
     """
     mlflow_cfg = (config.get("logger") or {}).get("mlflow")
     if not mlflow_cfg:
@@ -101,13 +106,20 @@ def track_run(
 REQUEST_FILE = "mlflow_run.json"
 
 
+class TrackingFailed(Exception):
+    """A run could not be logged; its message is one line saying how to log it later."""
+
+
 def _default_run_name(tags: dict[str, str], output_dir: Path) -> str:
     """``<model>_<run folder name>``: readable in the MLflow UI and unique per run folder."""
     return f"{tags.get('quadra_ad.model') or tags.get('quadra_ad.task', 'run')}_{Path(output_dir).name}"
 
 
 def upload_request(request_path: Path, tracking_uri: str | None = None, experiment_name: str | None = None):
-    """Log the run described by a ``mlflow_run.json``; None (and one line on stderr) on failure."""
+    """Log the run described by a ``mlflow_run.json``; return its TrackedRun.
+
+    Raises TrackingFailed, with the one line to show, when the run cannot be logged.
+    """
     request = json.loads(Path(request_path).read_text(encoding="utf-8"))
     run_dir = Path(request_path).parent
     request["tracking_uri"] = tracking_uri or request["tracking_uri"]
@@ -129,16 +141,13 @@ def upload_request(request_path: Path, tracking_uri: str | None = None, experime
         )
     except Exception as error:  # noqa: BLE001 - tracking must never lose a finished run
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(
-            f"quadra-ad: MLflow tracking failed ({type(error).__name__}: {first_line}); all outputs are safe in "
-            f"{run_dir}; log them later with: quadra-ad-upload {run_dir}",
-            file=sys.stderr,
-        )
         log.debug("tracking failure", exc_info=True)
-        return None
+        raise TrackingFailed(
+            f"MLflow tracking failed ({type(error).__name__}: {first_line}); all outputs are safe in "
+            f"{run_dir}; log them later with: quadra-ad-upload {run_dir}"
+        ) from error
     request["logged_run_id"] = tracked.run_id
     Path(request_path).write_text(json.dumps(request, indent=2) + "\n", encoding="utf-8")
-    print(f"quadra-ad: logged MLflow run {tracked.run_id} ({request.get('status', 'FINISHED')}) in experiment "
-          f"'{tracked.experiment_name}' at {tracked.tracking_uri}")
-    print(f"quadra-ad: to browse it: {tracked.ui_hint()}")
+    log.info("Logged MLflow run %s (%s) in experiment '%s' at %s", tracked.run_id, tracked.status,
+             tracked.experiment_name, tracked.tracking_uri)
     return tracked

@@ -1,7 +1,8 @@
-"""Load an exported model (TorchScript or ONNX) with its ``model.json``, checked against each other.
+"""Runners for exported graphs: TorchScript (torch) and ONNX (ONNX Runtime).
 
-The format comes from the file ending; every problem with the file is one line naming
-``task.model_path``.
+``model(images) -> (raw scores (B,), raw maps (B, 1, H, W))``. A runner opens one graph file; the
+:class:`~quadra_ad.deploy.model_card.ModelCard` beside it says how to feed it (fixed batch sizes,
+input size). The exporter uses the same runners, without a card, to check each file it writes.
 """
 
 import logging
@@ -10,13 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quadra_ad.deploy.model_card import ModelCard
 from quadra_ad.errors import ConfigError
-from quadra_ad.export.model_json import MODEL_JSON, ModelCard
 
 log = logging.getLogger(__name__)
-
-TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")
-ONNX_SUFFIXES = (".onnx",)
 
 
 class ExportedModel:
@@ -56,7 +54,7 @@ class TorchScriptModel(ExportedModel):
         try:
             self.module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as error:  # noqa: BLE001 - any load failure means a bad file
-            raise ConfigError(f"task.model_path '{path}' cannot be loaded as TorchScript ({_first_line(error)}); is the file complete?") from None
+            raise ConfigError(f"task.model_path '{path}' cannot be loaded as TorchScript ({first_line(error)}); is the file complete?") from None
 
     def run_graph(self, images: torch.Tensor):
         with torch.inference_mode():
@@ -77,7 +75,7 @@ class TorchScriptModel(ExportedModel):
                 expected, got = self.module(example), optimized(example)
                 same = all(_close(a, b) for a, b in zip(expected, got, strict=True))
         except Exception as error:  # noqa: BLE001 - the plain graph still works
-            log.debug("TorchScript optimisation skipped for %s: %s", self.path, _first_line(error))
+            log.debug("TorchScript optimisation skipped for %s: %s", self.path, first_line(error))
             return False
         if not same:
             log.debug("TorchScript optimisation changed the outputs of %s: plain graph kept", self.path)
@@ -97,7 +95,7 @@ class OnnxModel(ExportedModel):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=onnx_session_options(), providers=providers)
         except Exception as error:  # noqa: BLE001
-            raise ConfigError(f"task.model_path '{path}' cannot be loaded as ONNX ({_first_line(error)}); is the file complete?") from None
+            raise ConfigError(f"task.model_path '{path}' cannot be loaded as ONNX ({first_line(error)}); is the file complete?") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ConfigError(f"task.model_path '{path}' has {len(inputs)} inputs; a quadra_ad export has one image input")
@@ -137,80 +135,7 @@ def _close(expected: torch.Tensor, got: torch.Tensor) -> bool:
     return expected.shape == got.shape and torch.allclose(expected, got, rtol=1e-4, atol=1e-4 * max(scale, 1e-6))
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (at most 200 characters), for one-line reports."""
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
-
-
-def _check_against_card(model: ExportedModel) -> None:
-    """Run one blank image of the size model.json gives and check the outputs' shapes."""
-    card = model.card
-    height, width = card.input_size
-    if isinstance(model, OnnxModel):
-        static = [d if isinstance(d, int) else None for d in model.input_shape]
-        if len(static) == 4 and static[1] is not None and static[1] != card.input_channels:
-            raise ConfigError(
-                f"model.json beside '{model.path}' says {card.input_channels}-channel input but the graph takes {static[1]} channels"
-            )
-        if len(static) == 4 and None not in static[2:] and static[2:] != [height, width]:
-            raise ConfigError(
-                f"model.json beside '{model.path}' says input_size {card.input_size} but the graph takes {static[2:]}: "
-                f"use the model.json written with this graph"
-            )
-    try:
-        outputs = model.run_graph(torch.zeros(1, card.input_channels, height, width))
-    except Exception as error:  # noqa: BLE001
-        raise ConfigError(
-            f"model.json beside '{model.path}' does not match the graph: a {card.input_channels}x{height}x{width} "
-            f"input fails ({_first_line(error)})"
-        ) from None
-    if not isinstance(outputs, tuple | list) or len(outputs) != 2:
-        raise ConfigError(f"task.model_path '{model.path}' returns {type(outputs).__name__}; expected (pred_score, anomaly_map)")
-    scores, maps = (torch.as_tensor(o) for o in outputs)
-    if tuple(scores.shape) != (1,) or maps.dim() != 4 or tuple(maps.shape[-2:]) != (height, width):
-        raise ConfigError(
-            f"task.model_path '{model.path}' outputs shapes {tuple(scores.shape)} and {tuple(maps.shape)}; "
-            f"model.json expects (1,) and (1, 1, {height}, {width})"
-        )
-
-
-def resolve_device(device: str) -> str:
-    """``cpu`` or ``cuda[:n]``; CUDA must exist when asked for."""
-    if device == "cpu":
-        return device
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"task.device={device} but no CUDA device is available here: use task.device=cpu")
-        return device
-    raise ConfigError(f"task.device must be 'cpu' or 'cuda[:N]', got '{device}'")
-
-
-def load_exported_model(model_path: str | Path, device: str = "cpu") -> ExportedModel:
-    """Load ``model_path`` (TorchScript or ONNX, by ending) and the ``model.json`` beside it."""
-    if model_path is None or str(model_path).strip() == "":
-        raise ConfigError("task.model_path is not set: give task.model_path=<run folder>/deployment_model/model.pt (or .onnx)")
-    path = Path(model_path).expanduser()
-    if not path.is_file():
-        hint = " (it is a folder: name model.pt or model.onnx inside it)" if path.is_dir() else ""
-        raise ConfigError(f"task.model_path '{path}' does not exist{hint}")
-    suffix = path.suffix.lower()
-    if suffix not in TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES:
-        raise ConfigError(
-            f"task.model_path '{path}': unknown model format '{suffix}'; give a TorchScript ({', '.join(TORCHSCRIPT_SUFFIXES)}) "
-            f"or ONNX (.onnx) file from a training run's deployment_model folder"
-        )
-    card_path = path.parent / MODEL_JSON
-    if not card_path.is_file():
-        raise ConfigError(f"no {MODEL_JSON} beside task.model_path '{path}': keep the exported model in its deployment_model folder")
-    try:
-        card = ModelCard.read(card_path)
-    except (ValueError, TypeError, KeyError) as error:
-        raise ConfigError(f"'{card_path}' is not a quadra_ad model.json ({_first_line(error)})") from None
-    device = resolve_device(device)
-    model_class = OnnxModel if suffix in ONNX_SUFFIXES else TorchScriptModel
-    model = model_class(path, card, device)
-    _check_against_card(model)
-    if isinstance(model, TorchScriptModel) and device == "cpu":
-        model.optimize_for_cpu()
-    log.info("Loaded %s model %s (%s, input %s)", model.format, path, card.model_class, card.input_size)
-    return model

@@ -1,22 +1,24 @@
-"""Backbone weights: pretrained from the hub when online, from a local file when asked.
+"""The model factory: ``cfg.model`` built into an anomalib model, with its backbone weights
+pretrained from the hub when online, from a local file or a package when asked.
 
 anomalib models build their timm feature extractor with ``pre_trained=True`` by downloading
 weights. Offline, huggingface_hub retries for most of a minute and then fails deep in the
-stack; we check reachability first, switch the hub to offline mode (so a local cache still
-works) and turn a failure into one line naming the keys that fix it.
+stack; we check reachability first, switch the hub to offline mode for the construction only
+(so a local cache still works) and turn a failure into one line naming the keys that fix it.
 """
 
 import concurrent.futures
 import logging
 import socket
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 from omegaconf import DictConfig
 
 from quadra_ad.config.instantiation import instantiate_node
 from quadra_ad.errors import ConfigError
+from quadra_ad.models.backbone_weights import load_backbone_state, load_backbone_weights
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,18 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         pool.shutdown(wait=False)
 
 
-def _use_hub_offline() -> None:
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """Within the block the Hugging Face hub is in offline mode (only its local cache answers);
+    the previous mode is restored after."""
     import huggingface_hub.constants as hub_constants
 
+    previous = hub_constants.HF_HUB_OFFLINE
     hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = previous
 
 
 def _is_download_failure(error: BaseException) -> bool:
@@ -56,53 +66,6 @@ def _is_download_failure(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    loaded: Any = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
-            loaded = loaded[key]
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"backbone.weights_file '{path}' does not hold a state dict")
-    return loaded
-
-
-def load_backbone_weights(model: torch.nn.Module, weights_file: str | Path, backbone_name: str) -> int:
-    """Load a timm state dict from a local file into every timm feature extractor of ``model``.
-
-    Returns the number of tensors loaded; raises ConfigError when none match.
-    """
-    path = Path(weights_file).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"backbone.weights_file '{path}' does not exist")
-    return load_backbone_state(model, _state_dict_from_file(path), backbone_name, f"backbone.weights_file '{path}'")
-
-
-def load_backbone_state(model: torch.nn.Module, state: dict[str, torch.Tensor], backbone_name: str, source: str) -> int:
-    """Copy the matching tensors of a timm state dict into every timm feature extractor of ``model``."""
-    from anomalib.models.components.feature_extractors import TimmFeatureExtractor
-
-    extractors = [m for m in model.modules() if isinstance(m, TimmFeatureExtractor)]
-    if not extractors:
-        raise ConfigError(f"{source} is set but {type(model).__name__} has no timm backbone to load it into")
-    loaded = 0
-    for extractor in extractors:
-        target = extractor.feature_extractor.state_dict()
-        matching = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
-        extractor.feature_extractor.load_state_dict(matching, strict=False)
-        loaded += len(matching)
-    if loaded == 0:
-        raise ConfigError(
-            f"{source} has no tensors that fit backbone '{backbone_name}': "
-            f"is it a timm state dict of that architecture?"
-        )
-    log.info("Loaded %d backbone tensors from %s", loaded, source)
-    return loaded
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
@@ -126,17 +89,18 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
         model = instantiate_node(cfg, "model", pre_trained=False, _convert_="all")
         load_backbone_weights(model, weights_file, str(name))
         return model
-    if pre_trained and not hub_reachable():
+    offline = pre_trained and not hub_reachable()
+    if offline:
         log.warning("%s is not reachable: looking for %s weights in the local cache only", HUB_HOST, name)
-        _use_hub_offline()
     try:
-        if not pre_trained and not has_switch:
-            from quadra_ad.models.offline import random_backbone_weights
+        with hub_offline() if offline else nullcontext():
+            if not pre_trained and not has_switch:
+                from quadra_ad.models.offline import random_backbone_weights
 
-            with random_backbone_weights():
-                return instantiate_node(cfg, "model", _convert_="all")
-        # Plain lists, not ListConfig: Lightning checkpoints must load with weights_only=True.
-        return instantiate_node(cfg, "model", _convert_="all")
+                with random_backbone_weights():
+                    return instantiate_node(cfg, "model", _convert_="all")
+            # Plain lists, not ListConfig: Lightning checkpoints must load with weights_only=True.
+            return instantiate_node(cfg, "model", _convert_="all")
     except Exception as error:
         if _is_download_failure(error):
             model_name = cfg.model._target_.rsplit(".", 1)[-1]

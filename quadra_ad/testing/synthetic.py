@@ -1,6 +1,7 @@
 """A synthetic MVTec-style dataset: textured "good" parts and parts with blob defects.
 
-For tests, benchmarks and trying quadra-ad without data. Deterministic for a given seed.
+For tests, benchmarks and trying quadra-ad without data (``scripts/make_synthetic_dataset.py``).
+Deterministic for a given seed.
 """
 
 from pathlib import Path
@@ -9,7 +10,7 @@ import cv2
 import numpy as np
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+def texture(rng: np.random.Generator, size: int) -> np.ndarray:
     """A smooth, slightly varying texture: stripes plus low-frequency noise."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     phase = rng.uniform(0, 2 * np.pi)
@@ -20,7 +21,8 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(base[:, :, None] * tint, 0, 1)
 
 
-def _defect(rng: np.random.Generator, image: np.ndarray, contrast: float) -> tuple[np.ndarray, np.ndarray]:
+def add_defect(rng: np.random.Generator, image: np.ndarray, contrast: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` with an elliptic blob moved by ``contrast`` in brightness, and the blob's mask."""
     size = image.shape[0]
     mask = np.zeros((size, size), dtype=np.uint8)
     center = tuple(int(c) for c in rng.integers(size // 5, size - size // 5, 2))
@@ -59,16 +61,16 @@ def write_synthetic_dataset(
     root = Path(root)
     rng = np.random.default_rng(seed)
     for i in range(n_train):
-        _save(root / "train" / "good" / f"{i:03d}.png", _texture(rng, size))
+        _save(root / "train" / "good" / f"{i:03d}.png", texture(rng, size))
     for i in range(n_test_good):
-        _save(root / "test" / "good" / f"{i:03d}.png", _texture(rng, size))
+        _save(root / "test" / "good" / f"{i:03d}.png", texture(rng, size))
     for defect in defect_types:
         for i in range(n_test_defect):
-            image, mask = _defect(rng, _texture(rng, size), defect_contrast)
+            image, mask = add_defect(rng, texture(rng, size), defect_contrast)
             _save(root / "test" / defect / f"{i:03d}.png", image)
             if with_masks:
                 _save(root / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
     for i in range(n_unknown):
-        image = _texture(rng, size) if i % 2 else _defect(rng, _texture(rng, size), defect_contrast)[0]
+        image = texture(rng, size) if i % 2 else add_defect(rng, texture(rng, size), defect_contrast)[0]
         _save(root / "test" / "unknown" / f"{i:03d}.png", image)
     return root

@@ -1,4 +1,5 @@
-"""Lightning callback that keeps the raw outputs of validation, test and predict batches.
+"""Lightning callback that keeps the raw outputs of validation, test and predict batches, and
+calibrates thresholds on the validation ones.
 
 It is passed to the Trainer, so it runs before any callback the model brings itself: it sees
 scores and maps exactly as the network produced them.
@@ -10,6 +11,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from quadra_ad.metrics import auroc
 from quadra_ad.scored_set import ScoredSet
 from quadra_ad.thresholds import Calibration, calibrate
+
+#: Logged at every validation epoch during fit; a best-epoch checkpoint monitors it.
+VALIDATION_AUROC = "val_image_AUROC"
 
 
 class ScoreCollector(Callback):
@@ -59,7 +63,7 @@ class ScoreCollector(Callback):
         if 0 < int(labels.sum()) < len(labelled):
             # Logged so checkpointing and early stopping can monitor it.
             value = auroc(self.validation.score_tensor(labelled), labels)
-            pl_module.log("val_image_AUROC", value, prog_bar=True, logger=True)
+            pl_module.log(VALIDATION_AUROC, value, prog_bar=True, logger=True)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.test = ScoredSet()

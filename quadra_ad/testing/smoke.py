@@ -1,6 +1,6 @@
 """Smoke-run recipes: every model on CPU in seconds, offline, with random backbone weights.
 
-Used by the model tests and by ``scripts/support_matrix.py``. A recipe is the smallest input
+Used by the model tests and by ``scripts/support_matrix.py``; not part of the user API. A recipe is the smallest input
 size a model runs at, the backbone to use, and the local stand-ins for what a model would
 otherwise download (an empty DTD folder for DRAEM; a random teacher and a tiny ImageNette for
 EfficientAd). Scores from random weights only prove the mechanics, not the quality.

@@ -1,0 +1,6 @@
+"""Lightning callbacks: score collection and calibration, heatmaps, and the ones a config names.
+
+:class:`~quadra_ad.callbacks.score_collector.ScoreCollector` keeps every raw output and
+calibrates thresholds; :class:`~quadra_ad.callbacks.visualizer.HeatmapVisualizer` draws the test
+images; :func:`~quadra_ad.callbacks.from_config.build_callbacks` builds the ``callbacks`` group.
+"""

@@ -1,0 +1,50 @@
+"""The Trainer arguments a model asks for, merged with the ``trainer`` config.
+
+anomalib models declare ``trainer_arguments`` (PaDiM: one epoch, no sanity steps; most others:
+no sanity steps, their gradient clipping). anomalib's Engine lays them over the user's arguments;
+here the config wins wherever it sets a key (a value that is not null), and the model fills in
+the rest — so experiment files need not restate what the model already says.
+
+One exception: a memory-bank model (PaDiM, PatchCore, DFM, DFKDE) fits its memory once, at the
+end of its first training epoch, and never again; later epochs would only collect features it
+never uses. Such a model always trains the epochs it declares, whatever ``trainer.max_epochs``.
+"""
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def fits_once(model: Any) -> bool:
+    """True for anomalib's memory-bank models, which fit at the end of their first epoch."""
+    from anomalib.models.components import MemoryBankMixin
+
+    return isinstance(model, MemoryBankMixin)
+
+
+def model_trainer_arguments(model: Any) -> dict[str, Any]:
+    """The model's own ``trainer_arguments`` (empty for a model that declares none)."""
+    return dict(getattr(model, "trainer_arguments", None) or {})
+
+
+def merge_trainer_arguments(trainer_cfg: DictConfig, model: Any) -> DictConfig:
+    """``trainer_cfg`` with null keys dropped and the model's arguments filling what it leaves unset."""
+    container = OmegaConf.to_container(trainer_cfg, resolve=True)
+    merged = {key: value for key, value in container.items() if value is not None}
+    for key, value in model_trainer_arguments(model).items():
+        if key not in merged:
+            merged[key] = value
+        elif merged[key] != value:
+            log.debug("trainer.%s=%s from the config, not %s as %s asks", key, merged[key], value, type(model).__name__)
+    one_pass_epochs = model_trainer_arguments(model).get("max_epochs")
+    if fits_once(model) and one_pass_epochs is not None and merged.get("max_epochs") != one_pass_epochs:
+        log.warning(
+            "trainer.max_epochs=%s ignored: %s fits its memory bank once, after its first epoch; "
+            "more epochs would only collect features it never uses",
+            merged.get("max_epochs"), type(model).__name__,
+        )
+        merged["max_epochs"] = one_pass_epochs
+    return OmegaConf.create(merged)
