@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from quadra_ad.config.compose import compose_config
-from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+from quadra_ad.testing.synthetic import write_synthetic_dataset
 
 # Keep every test offline: the hub must never be asked for weights.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,20 +1,11 @@
 """quadra-ad's image AUROC equals a plain anomalib Engine fit/test on the same folder."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from quadra_ad.datamodules.synthetic import write_synthetic_dataset
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "engine_parity.py"
-
-
-def _parity_module():
-    spec = importlib.util.spec_from_file_location("engine_parity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from quadra_ad.testing import engine_parity as parity
+from quadra_ad.testing.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +19,6 @@ def hard_dataset(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("model", ["padim", "patchcore"])
 def test_image_auroc_matches_anomalib_engine(model, hard_dataset, tmp_path):
-    parity = _parity_module()
     row = parity.compare(model, hard_dataset, size=32, seed=7, workdir=tmp_path)
     assert row["quadra_ad_image_AUROC"] < 1.0, "data too easy to show a difference"
     assert row["abs_diff"] <= parity.TOLERANCE, row

@@ -1,12 +1,16 @@
-"""The threshold function against brute force, normalisation, and metric edge cases."""
+"""The threshold function against brute force, the calibration, normalisation, and metric edge
+cases — scikit-learn and anomalib give the numbers the hand-written loops gave."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from quadra_ad.metrics import image_metrics, pixel_metrics
-from quadra_ad.thresholds import f1_optimal_threshold, normalize_scores
+from quadra_ad.deploy.model_card import ModelCard
+from quadra_ad.metrics import aupro, image_metrics, pixel_metrics
+from quadra_ad.thresholds import Calibration, f1_optimal_threshold, normalize_scores
 
 
 def _f1_at(scores, labels, threshold) -> float:
@@ -24,9 +28,16 @@ def test_f1_optimal_threshold_matches_brute_force(seed):
     # Rounded scores create ties, the hard case for a cumulative-sum implementation.
     scores = (torch.randn(60, generator=generator) + labels.float() * 1.2).round(decimals=1)
     best = max(_f1_at(scores, labels, t) for t in scores.unique())
-    threshold = f1_optimal_threshold(scores, labels)
-    assert _f1_at(scores, labels, threshold) == pytest.approx(best)
-    assert threshold in scores.tolist()
+    # Among thresholds with the best F1, the highest one (what the hand-written loop picked).
+    highest_best = max(float(t) for t in scores.unique() if _f1_at(scores, labels, t) == best)
+    assert f1_optimal_threshold(scores, labels) == highest_best
+
+
+def test_f1_optimal_threshold_takes_numpy_and_torch_alike():
+    scores = np.array([0.1, 0.4, 0.35, 0.8], dtype=np.float32)
+    labels = np.array([0, 0, 1, 1])
+    assert f1_optimal_threshold(scores, labels) == f1_optimal_threshold(torch.from_numpy(scores), torch.from_numpy(labels))
+    assert f1_optimal_threshold(scores, labels) == pytest.approx(0.35)
 
 
 def test_threshold_without_anomalies_classifies_every_sample_normal():
@@ -76,3 +87,73 @@ def test_auroc_keeps_the_ranking_of_large_raw_scores():
     maps = torch.tensor([[100.0, 400.0], [120.0, 500.0]])
     masks = torch.tensor([[False, True], [False, True]])
     assert pixel_metrics(maps, masks, threshold=300.0)["pixel_AUROC"] == pytest.approx(1.0)
+
+
+def test_confusion_counts_and_f1_of_an_imperfect_split():
+    metrics = image_metrics(torch.tensor([0.1, 0.6, 0.4, 0.9, 0.5]), torch.tensor([0, 0, 1, 1, 0]), threshold=0.5)
+    assert (metrics["image_tp"], metrics["image_fp"], metrics["image_fn"], metrics["image_tn"]) == (1, 2, 1, 1)
+    assert metrics["image_precision"] == pytest.approx(1 / 3) and metrics["image_recall"] == pytest.approx(0.5)
+    assert metrics["image_F1"] == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+
+
+def test_nothing_predicted_anomalous_gives_zero_precision_not_an_error():
+    metrics = image_metrics(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0, 1, 1]), threshold=0.9)
+    assert metrics["image_precision"] == 0.0 and metrics["image_F1"] == 0.0 and metrics["image_fn"] == 2
+
+
+def test_aupro_is_anomalib_aupro():
+    from anomalib.metrics.aupro import _AUPRO  # the implementation behind anomalib's public AUPRO
+
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(6, 32, 32, generator=generator)
+    masks = torch.zeros(6, 32, 32, dtype=torch.bool)
+    masks[:3, 8:20, 8:20] = True
+    masks[3, 2:6, 20:30] = True
+    maps[masks] += 0.4
+    reference = _AUPRO(fpr_limit=0.3)
+    reference.update(maps, masks.int())
+    value = aupro(maps, masks)
+    assert value == float(reference.compute())
+    assert 0.5 < value < 1.0
+
+
+def test_perfectly_separated_regions_give_aupro_one():
+    maps = torch.zeros(2, 16, 16)
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, 4:8, 4:8] = True
+    maps[masks] = 1.0
+    assert aupro(maps, masks) == pytest.approx(1.0)
+
+
+def test_calibration_fallbacks_when_the_training_had_no_masks():
+    calibration = Calibration(image_threshold=3.0, image_min=1.0, image_max=5.0)
+    assert calibration.mask_threshold == 3.0 and calibration.map_range == (0.0, 1.0)
+    with_maps = Calibration(3.0, 1.0, 5.0, pixel_threshold=2.5, pixel_min=0.5, pixel_max=6.0)
+    assert with_maps.mask_threshold == 2.5 and with_maps.map_range == (0.5, 6.0)
+    assert calibration.normalize(np.array([3.0, 7.0])).tolist() == [0.5, 1.5]
+
+
+def test_other_thresholds_keep_the_training_normalisation():
+    training = Calibration(3.0, 1.0, 5.0, pixel_threshold=2.5, pixel_min=0.5, pixel_max=6.0)
+    decided = training.with_thresholds(4.0, None)
+    assert (decided.image_threshold, decided.pixel_threshold) == (4.0, None)
+    assert (decided.image_min, decided.image_max, decided.map_range) == (1.0, 5.0, (0.5, 6.0))
+
+
+def test_model_card_carries_one_calibration_under_the_flat_model_json_keys(tmp_path):
+    calibration = Calibration(3.0, 1.0, 5.0, pixel_threshold=2.5, pixel_min=0.5, pixel_max=6.0)
+    card = ModelCard(model_class="anomalib.models.Padim", input_size=[32, 32], mean=[0.5] * 3, std=[0.2] * 3,
+                     calibration=calibration, task_type="segmentation")
+    written = json.loads(card.write(tmp_path).read_text())
+    assert "calibration" not in written
+    assert {k: written[k] for k in ("image_threshold", "image_min", "image_max", "pixel_threshold", "pixel_min",
+                                   "pixel_max")} == {"image_threshold": 3.0, "image_min": 1.0, "image_max": 5.0,
+                                                    "pixel_threshold": 2.5, "pixel_min": 0.5, "pixel_max": 6.0}
+    assert list(written)[:6] == ["model_class", "input_size", "mean", "std", "image_threshold", "pixel_threshold"]
+    assert ModelCard.read(tmp_path / "model.json") == card
+
+
+def test_model_json_without_thresholds_is_refused(tmp_path):
+    (tmp_path / "model.json").write_text(json.dumps({"model_class": "x", "input_size": [8, 8]}))
+    with pytest.raises(KeyError, match="image_threshold"):
+        ModelCard.read(tmp_path / "model.json")

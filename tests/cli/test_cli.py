@@ -3,28 +3,72 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+from quadra_ad.testing.synthetic import write_synthetic_dataset
 from tests.cli_runner import quadra_ad
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("quadra-ad: error:")]
 
 
+def _group_line(help_text: str, group: str) -> list[str]:
+    """The options Hydra's --help lists for ``group`` (its ``group: a, b, c`` line)."""
+    line = next(line for line in help_text.splitlines() if line.startswith(f"{group}: "))
+    return line.removeprefix(f"{group}: ").split(", ")
+
+
 def test_help_lists_examples_and_groups(tmp_path):
     result = quadra_ad("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "experiment=generic/digits/anomaly/padim" in result.stdout
-    assert "model:" in result.stdout or "model" in result.stdout
+    assert {"padim", "patchcore", "efficient_ad"} <= set(_group_line(result.stdout, "model"))
+    # Every experiment, nested folders included, as an option of the one experiment group.
+    assert {"base/anomaly/padim", "generic/digits/anomaly/inference"} <= set(_group_line(result.stdout, "experiment"))
+
+
+def test_list_models_leaves_out_shared_parts(tmp_path):
+    result = quadra_ad("--list", "model", cwd=tmp_path)
+    assert result.returncode == 0
+    models = result.stdout.split()
+    assert "padim" in models and len(models) >= 13
+    assert not [m for m in models if m.startswith("_")]
+
+
+def _completions(line: str, cwd) -> list[str]:
+    result = quadra_ad("-sc", "query=bash", cwd=cwd, env={"COMP_LINE": line, "COMP_POINT": str(len(line))})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.split()
+
+
+def test_shell_completion_lists_the_experiments_with_the_users_own(tmp_path):
+    (tmp_path / "experiments" / "my_line").mkdir(parents=True)
+    (tmp_path / "experiments" / "my_line" / "bottle.yaml").write_text("# @package _global_\ncore:\n  name: b\n")
+    assert set(_completions("quadra-ad experiment=base/anomaly/p", tmp_path)) == {
+        "experiment=base/anomaly/padim", "experiment=base/anomaly/patchcore"}
+    everything = _completions("quadra-ad experiment=", tmp_path)
+    assert {"experiment=my_line/bottle", "experiment=generic/mnist/anomaly/stfpm"} <= set(everything)
+    assert "experiment=" in _completions("quadra-ad exper", tmp_path)
 
 
 def test_list_experiments(tmp_path):
     result = quadra_ad("--list", "experiment", cwd=tmp_path)
     assert result.returncode == 0
     assert "base/anomaly/padim" in result.stdout.split()
+
+
+def test_user_experiment_wins_over_a_shipped_one_of_the_same_name(tmp_path):
+    (tmp_path / "experiments" / "base" / "anomaly").mkdir(parents=True)
+    (tmp_path / "experiments" / "base" / "anomaly" / "padim.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: patchcore\ncore:\n  name: mine\n")
+    result = quadra_ad("experiment=base/anomaly/padim", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "name: mine" in result.stdout and "quadra_ad.models.patchcore.Patchcore" in result.stdout
 
 
 def test_cfg_job_prints_composed_config_without_running(tmp_path):
@@ -75,13 +119,17 @@ def test_full_error_env_shows_the_traceback(tmp_path):
 
 
 def test_offline_demo_runs_end_to_end(tmp_path):
+    returned = tmp_path / "returned.json"
     result = quadra_ad(
         "experiment=generic/digits/anomaly/padim",
         f"datamodule.data_path={tmp_path / 'digits'}",
         "datamodule.limit_data=24",
         "transforms.input_size=[32,32]",
         "trainer.enable_progress_bar=false",
-        cwd=tmp_path,
+        # What Hydra hands a sweeper: the task function's return value.
+        "+hydra.callbacks.record._target_=tests.hydra_return_recorder.ReturnRecorder",
+        f"+hydra.callbacks.record.path={returned}",
+        cwd=tmp_path, env={"PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dirs = list((tmp_path / "outputs" / "digits_padim").iterdir())
@@ -90,8 +138,11 @@ def test_offline_demo_runs_end_to_end(tmp_path):
     for name in ("deployment_model/model.pt", "deployment_model/model.onnx", "deployment_model/model.json",
                  "metrics.json", "predictions.csv", ".hydra/config.yaml"):
         assert (run_dir / name).is_file(), name
-    assert json.loads((run_dir / "metrics.json").read_text())["image_AUROC"] > 0.5
+    training_auroc = json.loads((run_dir / "metrics.json").read_text())["image_AUROC"]
+    assert training_auroc > 0.5
+    assert json.loads(returned.read_text()) == training_auroc  # core.optimized_metric: image_AUROC
     assert (tmp_path / "mlflow.db").is_file()
+    assert f"quadra-ad: run folder {run_dir}" in result.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
 
     # Second half of the round trip: the exported ONNX model on the same data, from the CLI.

@@ -3,7 +3,7 @@
 import shutil
 
 from quadra_ad.datamodules.layout import scan_anomaly_folder
-from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+from quadra_ad.testing.synthetic import write_synthetic_dataset
 
 
 def test_fingerprint_follows_the_files_not_the_folder(tmp_path):

@@ -149,4 +149,4 @@ def test_patchcore_trains_with_the_fast_coreset(segmentation_dataset, tmp_path):
     # 12 training images of 32 px: layer2 of ResNet-18 gives 4 x 4 patches each, 192 rows.
     assert task.model.model.memory_bank.shape == (int(12 * 16 * 0.1), 128 + 256)
     assert task.model.model.embedding_store == []
-    assert 0.0 <= task.metrics["image_AUROC"] <= 1.0
+    assert task.metrics["image_AUROC"] > 0.5  # the coreset still tells the defects apart

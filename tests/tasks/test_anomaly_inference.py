@@ -10,9 +10,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from quadra_ad.config.compose import compose_config
-from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+from quadra_ad.testing.synthetic import write_synthetic_dataset
 from quadra_ad.errors import ConfigError
-from quadra_ad.export.model_json import ModelCard
+from quadra_ad.deploy.model_card import ModelCard
 from quadra_ad.run import run
 from tests.conftest import IMAGE_SIZE
 
@@ -89,7 +89,8 @@ def test_plot_only_wrong_draws_only_mistakes(trained, segmentation_dataset, tmp_
     card = ModelCard.read(training.output_dir / "deployment_model" / "model.json")
     folder = tmp_path / "model"
     shutil.copytree(training.output_dir / "deployment_model", folder)
-    card.image_threshold = max(training.collector.test.scores) + 1.0
+    card.calibration = card.calibration.with_thresholds(max(training.collector.test.scores) + 1.0,
+                                                        card.calibration.pixel_threshold)
     card.write(folder)
     task = infer(folder / "model.pt", segmentation_dataset, tmp_path / "run",
                  "task.use_training_threshold=true", "task.plot_only_wrong=true")
@@ -104,7 +105,7 @@ def test_default_recomputes_the_f1_optimal_threshold_on_the_new_data(trained, se
     task = infer(training.output_dir / "deployment_model" / "model.pt", segmentation_dataset, tmp_path / "run")
     labelled = task.labelled
     expected = f1_optimal_threshold(labelled.score_tensor(labelled.labelled), labelled.label_tensor(labelled.labelled))
-    assert task.image_threshold == pytest.approx(expected)
+    assert task.calibration.image_threshold == pytest.approx(expected)
     assert task.threshold_source.startswith("recomputed")
     assert all(float(r["threshold"]) == pytest.approx(expected, rel=1e-6) for r in _rows(tmp_path / "run"))
 
@@ -114,7 +115,7 @@ def test_reused_training_threshold_normalises_to_one_half(trained, segmentation_
     task = infer(training.output_dir / "deployment_model" / "model.pt", segmentation_dataset, tmp_path / "run",
                  "task.use_training_threshold=true")
     card = ModelCard.read(training.output_dir / "deployment_model" / "model.json")
-    assert task.image_threshold == card.image_threshold
+    assert task.calibration.image_threshold == card.calibration.image_threshold
     assert task.metrics["image_threshold_normalized"] == pytest.approx(0.5)
     for row in _rows(tmp_path / "run"):
         assert (float(row["normalized_score"]) >= 0.5) == (row["predicted_label"] == "1")
@@ -125,8 +126,8 @@ def test_inference_reuses_training_pixel_threshold(trained, segmentation_dataset
     task = infer(training.output_dir / "deployment_model" / "model.pt", segmentation_dataset, tmp_path / "run",
                  "task.use_training_threshold=true", "task.training_threshold_type=pixel")
     card = ModelCard.read(training.output_dir / "deployment_model" / "model.json")
-    assert task.image_threshold == card.pixel_threshold
-    assert task.pixel_threshold == card.pixel_threshold
+    assert task.calibration.image_threshold == card.calibration.pixel_threshold
+    assert task.calibration.pixel_threshold == card.calibration.pixel_threshold
 
 
 def test_folder_with_only_unknown_images_gives_predictions_without_metrics(trained, tmp_path):
@@ -251,7 +252,8 @@ def test_cuda_asked_without_a_gpu(trained, segmentation_dataset, tmp_path):
 
 
 def test_torchscript_is_frozen_and_optimised_for_cpu_with_unchanged_scores(trained):
-    from quadra_ad.export.loaders import TorchScriptModel, load_exported_model
+    from quadra_ad.deploy.loader import load_exported_model
+    from quadra_ad.deploy.runners import TorchScriptModel
 
     training, _ = trained
     path = training.output_dir / "deployment_model" / "model.pt"

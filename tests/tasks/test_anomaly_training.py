@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from quadra_ad.errors import ConfigError, DatasetError
-from quadra_ad.export.model_json import ModelCard
+from quadra_ad.deploy.model_card import ModelCard
 from quadra_ad.run import run
 from tests.conftest import IMAGE_SIZE, training_config
 
@@ -30,7 +30,10 @@ def test_training_writes_exports_model_json_metrics_and_predictions(trained):
     assert card.input_size == [IMAGE_SIZE, IMAGE_SIZE]
     assert card.mean == pytest.approx([0.485, 0.456, 0.406])
     assert card.task_type == "segmentation"
-    assert card.pixel_threshold is not None and card.image_min <= card.image_threshold <= card.image_max
+    calibration = card.calibration
+    assert calibration.pixel_threshold is not None
+    assert calibration.image_min <= calibration.image_threshold <= calibration.image_max
+    assert calibration == task.calibration
     assert card.files == {"torchscript": "model.pt", "onnx": "model.onnx"}
     assert {"anomalib", "torch", "quadra_ad"} <= set(card.versions)
 
@@ -104,10 +107,10 @@ def test_folder_without_masks_is_classification_without_pixel_metrics(trained_pa
     task = trained_padim_classification
     assert not any(key.startswith("pixel_") for key in task.metrics)
     card = ModelCard.read(task.output_dir / "deployment_model" / "model.json")
-    assert card.task_type == "classification" and card.pixel_threshold is None
+    assert card.task_type == "classification" and card.calibration.pixel_threshold is None
 
 
-def test_tracking_failure_keeps_finished_outputs(segmentation_dataset, tmp_path, capsys):
+def test_tracking_failure_keeps_finished_outputs(segmentation_dataset, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the store's folder should be")
     cfg = training_config(
@@ -119,8 +122,8 @@ def test_tracking_failure_keeps_finished_outputs(segmentation_dataset, tmp_path,
     assert task.tracked_run is None
     for name in ("metrics.json", "predictions.csv", "deployment_model/model.pt", "deployment_model/model.json"):
         assert (tmp_path / "run" / name).is_file(), name
-    err = capsys.readouterr().err
-    assert "MLflow tracking failed" in err and str(tmp_path / "run") in err
+    assert task.tracking_error.startswith("MLflow tracking failed")
+    assert f"quadra-ad-upload {tmp_path / 'run'}" in task.tracking_error and "\n" not in task.tracking_error
 
 
 def test_missing_data_path_names_the_key(tmp_path):
@@ -132,7 +135,7 @@ def test_missing_data_path_names_the_key(tmp_path):
 
 
 def test_test_folder_with_only_unknown_images_cannot_set_thresholds(tmp_path):
-    from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+    from quadra_ad.testing.synthetic import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", n_train=4, n_test_good=0, n_test_defect=0, size=IMAGE_SIZE, n_unknown=2)
     cfg = training_config("base/anomaly/padim", data, None)

@@ -95,7 +95,7 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_server_down_keeps_outputs_and_the_run_uploads_later(segmentation_dataset, tmp_path, monkeypatch, capsys):
+def test_server_down_keeps_outputs_and_the_run_uploads_later(segmentation_dataset, tmp_path, capsys):
     started = time.monotonic()
     cfg = training_config(
         "base/anomaly/padim", segmentation_dataset, None, "export.types=[torchscript]",
@@ -104,12 +104,12 @@ def test_server_down_keeps_outputs_and_the_run_uploads_later(segmentation_datase
     task = run(cfg, output_dir=tmp_path / "run")
     assert time.monotonic() - started < 60  # a refused connection is not retried for minutes
     assert task.tracked_run is None and (tmp_path / "run" / "deployment_model" / "model.pt").is_file()
-    err = capsys.readouterr().err
-    assert f"quadra-ad-upload {tmp_path / 'run'}" in err
+    assert f"quadra-ad-upload {tmp_path / 'run'}" in task.tracking_error
 
     assert upload_main([str(tmp_path / "run"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 0
     client, mlflow_run = _only_run(tmp_path)
     assert mlflow_run.info.status == "FINISHED"
+    assert f"logged MLflow run {mlflow_run.info.run_id} (FINISHED)" in capsys.readouterr().out
     assert mlflow_run.data.metrics["image_AUROC"] == pytest.approx(task.metrics["image_AUROC"])
     assert "deployment_model" in {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
     request = json.loads((tmp_path / "run" / "mlflow_run.json").read_text())

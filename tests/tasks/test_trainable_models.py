@@ -2,6 +2,7 @@
 and the batch-size finder runs when switched on."""
 
 import pytest
+from lightning.pytorch.callbacks import BatchSizeFinder
 from mlflow.tracking import MlflowClient
 
 from quadra_ad.config.compose import compose_config
@@ -53,28 +54,36 @@ def test_one_pass_models_write_no_checkpoint(segmentation_dataset, tmp_path):
 def test_batch_size_finder_runs_when_enabled(segmentation_dataset, tmp_path):
     task = run(
         stfpm_config(segmentation_dataset, None, "callbacks.batch_size_finder.enabled=true",
-                     "+callbacks.batch_size_finder.max_trials=2", "trainer.max_epochs=1"),
+                     "+callbacks.batch_size_finder.init_val=2", "+callbacks.batch_size_finder.max_trials=3",
+                     "trainer.max_epochs=1"),
         output_dir=tmp_path / "run",
     )
-    assert task.datamodule.train_batch_size in (4, 8, 16)
+    finder = next(cb for cb in task.trainer.callbacks if isinstance(cb, BatchSizeFinder))
+    # Power scaling from 2 over three trials that all fit: 2, 4, 8. The training used what it found,
+    # not the configured 4.
+    assert finder.optimal_batch_size == 8
+    assert task.datamodule.train_batch_size == 8
     assert "image_AUROC" in task.metrics
 
 
 def test_trainable_model_without_anomalous_test_images_uses_the_last_epoch(tmp_path):
-    from quadra_ad.datamodules.synthetic import write_synthetic_dataset
+    from quadra_ad.testing.synthetic import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", n_train=6, n_test_good=3, n_test_defect=0, size=64)
     task = run(stfpm_config(data, None, "trainer.max_epochs=2"), output_dir=tmp_path / "run")
     assert task.checkpoint is None
-    assert "image_AUROC" not in task.metrics and task.metrics["image_fp"] >= 0
+    assert "image_AUROC" not in task.metrics
+    # Three good test images, no anomalous one: every image lands in tn or fp.
+    assert task.metrics["image_fp"] + task.metrics["image_tn"] == 3
+    assert task.metrics["image_tp"] == task.metrics["image_fn"] == 0
 
 
 def test_thresholds_come_from_the_best_epoch_that_is_exported(segmentation_dataset, tmp_path):
-    from quadra_ad.export.model_json import ModelCard
+    from quadra_ad.deploy.model_card import ModelCard
     from quadra_ad.thresholds import calibrate
 
     task = run(stfpm_config(segmentation_dataset, None, "export.types=[torchscript]"), output_dir=tmp_path / "run")
     assert task.checkpoint.best_model_path
     card = ModelCard.read(tmp_path / "run" / "deployment_model" / "model.json")
     # The test pass runs the best weights on the same images the thresholds were set on.
-    assert card.image_threshold == calibrate(task.collector.test).image_threshold
+    assert card.calibration.image_threshold == calibrate(task.collector.test).image_threshold

@@ -51,7 +51,7 @@ def test_two_model_sweep_is_logged_read_back_and_compared(tracking_uri, tmp_path
     assert padim.info.status == "FINISHED"
     assert padim.data.params["model._target_"] == "anomalib.models.Padim"
     assert padim.data.params["datamodule.limit_data"] == "16"
-    assert 0.0 <= padim.data.metrics["image_AUROC"] <= 1.0
+    assert padim.data.metrics["image_AUROC"] > 0.5  # better than chance on the digits
     run_folder = Path(padim.data.tags["quadra_ad.run_folder"])
     assert json.loads((run_folder / "metrics.json").read_text())["image_AUROC"] == pytest.approx(
         padim.data.metrics["image_AUROC"])

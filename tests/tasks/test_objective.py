@@ -1,0 +1,28 @@
+"""The Hydra task function returns the test metric ``core.optimized_metric`` names (for sweepers)."""
+
+import math
+
+from omegaconf import OmegaConf
+
+from quadra_ad.run import objective
+
+
+def _with_metric(cfg, name):
+    return OmegaConf.merge(cfg, {"core": {"optimized_metric": name}})
+
+
+def test_objective_is_the_named_test_metric(trained):
+    task, _ = trained
+    assert objective(task, task.config) == task.metrics["image_AUROC"]  # the default
+    assert objective(task, _with_metric(task.config, "pixel_AUROC")) == task.metrics["pixel_AUROC"]
+
+
+def test_no_objective_when_none_is_named(trained):
+    task, _ = trained
+    assert objective(task, _with_metric(task.config, None)) is None
+
+
+def test_a_metric_the_run_does_not_have_is_nan_for_the_sweeper(trained, caplog):
+    task, _ = trained
+    assert math.isnan(objective(task, _with_metric(task.config, "image_AUROCC")))
+    assert "core.optimized_metric=image_AUROCC" in caplog.text
