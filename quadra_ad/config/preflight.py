@@ -49,6 +49,11 @@ def check_group_choices(overrides: Sequence[str]) -> None:
         for choice in value.split(","):
             if choice in options:
                 continue
+            if Path(choice).name.startswith("_"):
+                raise ConfigError(
+                    f"Unknown {key} '{choice}': files whose name starts with '_' are parts the {key} files share, "
+                    f"not options. List them with: quadra-ad --list {key}"
+                )
             close = difflib.get_close_matches(choice, options, n=3, cutoff=0.5)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             where = ", ".join(str(d) for d in experiment_dirs()) if key == "experiment" else str(config_dir() / key)

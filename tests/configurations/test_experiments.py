@@ -115,3 +115,16 @@ def test_sweep_choices_are_each_checked():
     check_group_choices(["experiment=base/anomaly/padim,base/anomaly/patchcore", "trainer.max_epochs=3"])
     with pytest.raises(ConfigError, match="nope"):
         check_group_choices(["-m", "experiment=base/anomaly/padim,nope"])
+
+
+def test_a_shared_part_is_not_a_model():
+    with pytest.raises(ConfigError, match=r"Unknown model '_anomalib_components': files whose name starts with '_' are parts"):
+        check_group_choices(["model=_anomalib_components"])
+
+
+def test_every_model_file_includes_the_shared_anomalib_components():
+    for model in (m for m in EXPERIMENTS if m.startswith("base/anomaly/") and not m.endswith("/inference")):
+        cfg = compose_config([f"experiment={model}"])
+        assert cfg.model.post_processor is False and cfg.model.evaluator is False and cfg.model.visualizer is False
+        # Models that size their layers from it set the pre-processor again; the rest have it off.
+        assert cfg.model.pre_processor is False or cfg.model.pre_processor._target_.endswith("PreProcessor")
