@@ -41,10 +41,14 @@ def _fail(error: QuadraADError) -> NoReturn:
     sys.exit(2)
 
 
-def _print_outcome(task) -> None:
-    print(f"quadra-ad: run folder {task.output_dir}")
-    tracked = task.tracked_run
-    if tracked is not None:
+def _print_tracking(task) -> None:
+    """Where the run was logged, or the one line saying why it was not and how to log it later."""
+    if task is None:
+        return
+    if task.tracking_error:
+        print(f"quadra-ad: {task.tracking_error}", file=sys.stderr)
+    elif task.tracked_run is not None:
+        tracked = task.tracked_run
         print(f"quadra-ad: logged MLflow run {tracked.run_id} ({tracked.status}) in experiment "
               f"'{tracked.experiment_name}' at {tracked.tracking_uri}")
         print(f"quadra-ad: to browse it: {tracked.ui_hint()}")
@@ -52,17 +56,25 @@ def _print_outcome(task) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_entry(cfg: DictConfig) -> float | None:
-    from quadra_ad.run import objective, run  # deferred: pulls in torch and anomalib
+    from quadra_ad.run import build_task, objective  # deferred: pulls in torch and anomalib
 
+    task = None
     try:
-        task = run(cfg)
+        task = build_task(cfg)
+        task.execute()
     except QuadraADError as error:
+        _print_tracking(task)
         _fail(error)
     except KeyboardInterrupt:
+        _print_tracking(task)
         print("quadra-ad: interrupted: what the run wrote so far stays in its run folder; "
               "its MLflow run is marked KILLED", file=sys.stderr)
         sys.exit(130)
-    _print_outcome(task)
+    except BaseException:
+        _print_tracking(task)
+        raise
+    print(f"quadra-ad: run folder {task.output_dir}")
+    _print_tracking(task)
     return objective(task, cfg)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from quadra_ad.config.instantiation import instantiate_node
+from quadra_ad.config.resolvers import sweep_id
 from quadra_ad.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,9 @@ def hydra_output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def run(cfg: DictConfig, output_dir: Path | None = None) -> Task:
-    """Execute the task in ``cfg`` and return it (outputs are in ``task.output_dir``)."""
+def build_task(cfg: DictConfig, output_dir: Path | None = None) -> Task:
+    """Seed everything and build the task ``cfg.task`` names, writing into ``output_dir``
+    (default: the run folder Hydra made)."""
     from lightning.pytorch import seed_everything
 
     output_dir = Path(output_dir) if output_dir is not None else hydra_output_dir()
@@ -29,7 +31,12 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> Task:
     seed_everything(cfg.core.seed, workers=True, verbose=False)
     # Partial first: hydra's instantiate() owns the keyword ``config`` itself.
     task_factory = instantiate_node(cfg, "task", _partial_=True, _recursive_=False)
-    task: Task = task_factory(config=cfg, output_dir=output_dir)
+    return task_factory(config=cfg, output_dir=output_dir)
+
+
+def run(cfg: DictConfig, output_dir: Path | None = None) -> Task:
+    """Execute the task in ``cfg`` and return it (outputs are in ``task.output_dir``)."""
+    task = build_task(cfg, output_dir)
     task.execute()
     return task
 
@@ -45,7 +52,9 @@ def objective(task: Task, cfg: DictConfig) -> float | None:
         return None
     value = task.metrics.get(str(name))
     if value is None:
-        log.warning("core.optimized_metric=%s: this run has no such metric (it has: %s); returning NaN",
-                    name, ", ".join(sorted(task.metrics)) or "none")
+        # Only a sweep uses the value: a single run on data without this metric need not hear of it.
+        level = logging.WARNING if sweep_id() is not None else logging.DEBUG
+        log.log(level, "core.optimized_metric=%s: this run has no such metric (it has: %s); returning NaN",
+                name, ", ".join(sorted(task.metrics)) or "none")
         return math.nan
     return float(value)

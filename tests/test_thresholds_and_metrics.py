@@ -157,3 +157,15 @@ def test_model_json_without_thresholds_is_refused(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({"model_class": "x", "input_size": [8, 8]}))
     with pytest.raises(KeyError, match="image_threshold"):
         ModelCard.read(tmp_path / "model.json")
+
+
+def test_model_json_without_its_pixel_keys_is_refused(tmp_path):
+    calibration = Calibration(3.0, 1.0, 5.0)
+    card = ModelCard(model_class="x", input_size=[8, 8], mean=[0.0] * 3, std=[1.0] * 3, calibration=calibration,
+                     task_type="classification")
+    values = card.to_json()
+    assert values["pixel_threshold"] is None  # written as null, not left out
+    del values["pixel_threshold"]
+    (tmp_path / "model.json").write_text(json.dumps(values))
+    with pytest.raises(KeyError, match="pixel_threshold"):
+        ModelCard.read(tmp_path / "model.json")

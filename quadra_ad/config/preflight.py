@@ -15,22 +15,18 @@ _SWEEP_MARKERS = ("(", ")", "[", "]", "{", "}", "$", "*")
 
 
 def group_options(group: str) -> list[str]:
-    """Every selectable name of a config group (``experiment`` included).
-
-    Files whose name starts with ``_`` are shared parts that the group's own files include
-    (``model/_anomalib_components.yaml``), not options.
-    """
+    """Every selectable name of a config group (``experiment`` included)."""
     roots = experiment_dirs() if group == "experiment" else [config_dir() / group]
     names: set[str] = set()
     for root in roots:
         if root.is_dir():
-            names.update(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml")
-                         if not p.name.startswith("_"))
+            names.update(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
     return sorted(names)
 
 
 def _known_groups() -> set[str]:
-    groups = {p.name for p in config_dir().iterdir() if p.is_dir() and p.name != "hydra"}
+    """Config groups a user picks from; ``_``-folders hold parts other configs include (``_parts``)."""
+    groups = {p.name for p in config_dir().iterdir() if p.is_dir() and p.name != "hydra" and not p.name.startswith("_")}
     groups.add("experiment")
     return groups
 
@@ -49,11 +45,6 @@ def check_group_choices(overrides: Sequence[str]) -> None:
         for choice in value.split(","):
             if choice in options:
                 continue
-            if Path(choice).name.startswith("_"):
-                raise ConfigError(
-                    f"Unknown {key} '{choice}': files whose name starts with '_' are parts the {key} files share, "
-                    f"not options. List them with: quadra-ad --list {key}"
-                )
             close = difflib.get_close_matches(choice, options, n=3, cutoff=0.5)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             where = ", ".join(str(d) for d in experiment_dirs()) if key == "experiment" else str(config_dir() / key)

@@ -54,10 +54,11 @@ class ModelCard:
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> "ModelCard":
         values = dict(values)
-        missing = [key for key in ("image_threshold", "image_min", "image_max") if key not in values]
+        # Every calibration key must be there (pixel ones may be null): a card without them is not ours.
+        missing = [key for key in _CALIBRATION_KEYS if key not in values]
         if missing:
             raise KeyError(f"missing {', '.join(missing)}")
-        calibration = Calibration(**{key: values.pop(key) for key in _CALIBRATION_KEYS if key in values})
+        calibration = Calibration(**{key: values.pop(key) for key in _CALIBRATION_KEYS})
         return cls(calibration=calibration, **values)
 
     def write(self, folder: Path) -> Path:

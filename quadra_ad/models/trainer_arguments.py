@@ -8,6 +8,9 @@ the rest — so experiment files need not restate what the model already says.
 One exception: a memory-bank model (PaDiM, PatchCore, DFM, DFKDE) fits its memory once, at the
 end of its first training epoch, and never again; later epochs would only collect features it
 never uses. Such a model always trains the epochs it declares, whatever ``trainer.max_epochs``.
+When neither the config nor the model gives ``max_epochs`` (a trainable model picked with
+``model=<name>`` on an experiment of another model), one epoch is trained and a warning names
+the key: Lightning's own default would be 1000 epochs.
 """
 
 import logging
@@ -16,6 +19,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+#: Epochs when neither the config nor the model sets them (what the trainer config said before).
+DEFAULT_MAX_EPOCHS = 1
 
 
 def fits_once(model: Any) -> bool:
@@ -47,4 +53,8 @@ def merge_trainer_arguments(trainer_cfg: DictConfig, model: Any) -> DictConfig:
             merged.get("max_epochs"), type(model).__name__,
         )
         merged["max_epochs"] = one_pass_epochs
+    if merged.get("max_epochs") is None and merged.get("max_steps", -1) == -1:
+        log.warning("trainer.max_epochs is not set and %s declares no epochs: training 1 epoch; "
+                    "set trainer.max_epochs (its experiment base/anomaly/<model> has the recipe's)", type(model).__name__)
+        merged["max_epochs"] = DEFAULT_MAX_EPOCHS
     return OmegaConf.create(merged)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from quadra_ad.callbacks.from_config import build_callbacks, without_auroc_checkpoints
 from quadra_ad.callbacks.score_collector import ScoreCollector
@@ -62,9 +62,13 @@ class AnomalyTrainingTask(Task):
         if labels != {0, 1}:
             callbacks = without_auroc_checkpoints(callbacks)
         self.checkpoint = next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint)), None)
-        trainer_cfg = OmegaConf.create({"trainer": merge_trainer_arguments(cfg.trainer, self.model)})
+        # What the Trainer really gets goes back into the config: MLflow params and
+        # config_resolved.yaml then say what ran, not "null".
+        with open_dict(cfg):
+            cfg.trainer = merge_trainer_arguments(cfg.trainer, self.model)
+        OmegaConf.save(cfg, self.output_dir / RESOLVED_CONFIG, resolve=True)
         self.trainer = instantiate_node(
-            trainer_cfg,
+            cfg,
             "trainer",
             callbacks=callbacks,
             logger=CSVLogger(save_dir=str(self.output_dir), name="lightning_logs"),

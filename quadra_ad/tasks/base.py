@@ -66,7 +66,8 @@ class Task:
     def track(self, status: str, error: BaseException | None = None) -> None:
         """Log the run with ``status``; an error's first line becomes the ``quadra_ad.error`` tag.
 
-        A tracking failure never raises: it is logged and kept in ``tracking_error``.
+        A tracking failure never raises: its one line is kept in ``tracking_error`` (the CLI prints
+        it, as it prints where a logged run is).
         """
         from quadra_ad.tracking.run_logger import TrackingFailed, track_run
 
@@ -82,7 +83,7 @@ class Task:
             )
         except TrackingFailed as failure:
             self.tracked_run, self.tracking_error = None, str(failure)
-            log.warning("%s", failure)
+            log.debug("%s", failure)
 
     def execute(self) -> None:
         """Run every step in order; an interrupted or failed run is still tracked."""

@@ -148,6 +148,6 @@ def upload_request(request_path: Path, tracking_uri: str | None = None, experime
         ) from error
     request["logged_run_id"] = tracked.run_id
     Path(request_path).write_text(json.dumps(request, indent=2) + "\n", encoding="utf-8")
-    log.info("Logged MLflow run %s (%s) in experiment '%s' at %s", tracked.run_id, tracked.status,
-             tracked.experiment_name, tracked.tracking_uri)
+    log.debug("Logged MLflow run %s (%s) in experiment '%s' at %s", tracked.run_id, tracked.status,
+              tracked.experiment_name, tracked.tracking_uri)
     return tracked

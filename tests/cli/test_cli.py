@@ -32,12 +32,15 @@ def test_help_lists_examples_and_groups(tmp_path):
     assert {"base/anomaly/padim", "generic/digits/anomaly/inference"} <= set(_group_line(result.stdout, "experiment"))
 
 
-def test_list_models_leaves_out_shared_parts(tmp_path):
-    result = quadra_ad("--list", "model", cwd=tmp_path)
-    assert result.returncode == 0
-    models = result.stdout.split()
-    assert "padim" in models and len(models) >= 13
-    assert not [m for m in models if m.startswith("_")]
+MODELS = {"cflow", "csflow", "dfkde", "dfm", "draem", "efficient_ad", "fastflow", "padim", "patchcore",
+          "reverse_distillation", "stfpm", "supersimplenet", "uflow"}
+
+
+def test_list_help_and_completion_offer_exactly_the_models(tmp_path):
+    listed = quadra_ad("--list", "model", cwd=tmp_path)
+    assert listed.returncode == 0 and set(listed.stdout.split()) == MODELS
+    assert set(_group_line(quadra_ad("--help", cwd=tmp_path).stdout, "model")) == MODELS
+    assert set(_completions("quadra-ad model=", tmp_path)) == {f"model={m}" for m in MODELS}
 
 
 def _completions(line: str, cwd) -> list[str]:
@@ -198,3 +201,23 @@ def test_help_and_cfg_job_do_not_import_torch_or_anomalib(tmp_path, args):
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "HEAVY=\n" in result.stdout
+
+
+def test_tracking_failure_is_one_line_on_stderr_and_the_run_still_succeeds(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on once the socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = write_synthetic_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, size=16)
+    result = quadra_ad(
+        "experiment=base/anomaly/padim", f"datamodule.data_path={data}", "model.pre_trained=false",
+        "transforms.input_size=[32,32]", "datamodule.num_workers=0", "trainer.enable_progress_bar=false",
+        "export.types=[]", f"logger.mlflow.tracking_uri=http://127.0.0.1:{port}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((tmp_path / "outputs" / "padim").iterdir())
+    failures = [line for line in result.stderr.splitlines() if "MLflow tracking failed" in line]
+    assert len(failures) == 1 and failures[0].startswith("quadra-ad: MLflow tracking failed")
+    assert failures[0].endswith(f"quadra-ad-upload {run_dir}")
+    assert f"quadra-ad: run folder {run_dir}" in result.stdout

@@ -56,9 +56,21 @@ def test_a_memory_bank_model_trains_one_epoch_whatever_max_epochs_says(caplog):
     assert "trainer.max_epochs=5 ignored" in caplog.text
 
 
+def test_a_model_that_declares_no_epochs_trains_one_when_nothing_sets_them(caplog):
+    with random_backbone_weights():
+        stfpm = Stfpm(backbone="resnet18", pre_processor=False, post_processor=False, evaluator=False, visualizer=False)
+    with caplog.at_level(logging.WARNING):
+        merged = merge_trainer_arguments(_trainer_cfg(), stfpm)
+    assert merged.max_epochs == 1  # not Lightning's 1000
+    assert "trainer.max_epochs is not set" in caplog.text
+
+
 @pytest.mark.parametrize("extra", [(), ("trainer.max_epochs=3",)])
-def test_padim_run_trains_exactly_one_epoch(segmentation_dataset, tmp_path, extra):
+def test_padim_run_trains_exactly_one_epoch_and_records_it(segmentation_dataset, tmp_path, extra):
     cfg = training_config("base/anomaly/padim", segmentation_dataset, None, "export.types=[]", *extra)
     task = run(cfg, output_dir=tmp_path / "run")
     assert task.trainer.max_epochs == 1 and task.trainer.current_epoch == 1
     assert task.trainer.num_sanity_val_steps == 0
+    # The config the run records (MLflow params, config_resolved.yaml) says what the Trainer got.
+    recorded = OmegaConf.load(tmp_path / "run" / "config_resolved.yaml").trainer
+    assert recorded.max_epochs == 1 and recorded.num_sanity_val_steps == 0 and recorded.val_check_interval == 1.0
