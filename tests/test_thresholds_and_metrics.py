@@ -96,9 +96,41 @@ def test_confusion_counts_and_f1_of_an_imperfect_split():
     assert metrics["image_F1"] == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
 
 
-def test_nothing_predicted_anomalous_gives_zero_precision_not_an_error():
+def test_nothing_predicted_anomalous_leaves_precision_undefined_not_zero():
     metrics = image_metrics(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0, 1, 1]), threshold=0.9)
-    assert metrics["image_precision"] == 0.0 and metrics["image_F1"] == 0.0 and metrics["image_fn"] == 2
+    assert "image_precision" not in metrics and "predicted anomalous" in metrics.not_applicable["image_precision"]
+    assert metrics["image_F1"] == 0.0 and metrics["image_recall"] == 0.0 and metrics["image_fn"] == 2
+
+
+@pytest.mark.parametrize("labels, word", [([1, 1, 1], "every"), ([0, 0, 0], "no")])
+def test_one_class_only_gives_counts_and_no_perfect_or_zero_scores(labels, word):
+    metrics = image_metrics(torch.tensor([0.1, 0.5, 0.9]), torch.tensor(labels), threshold=0.1)
+    for name in ("image_AUROC", "image_AP", "image_F1", "image_precision", "image_recall"):
+        assert name not in metrics and metrics.not_applicable[name].startswith(f"{word} labelled test image")
+    assert metrics["image_tp"] + metrics["image_fp"] == 3  # the counts are still real
+
+
+def test_aupro_is_not_applicable_when_masks_cover_whole_images():
+    from quadra_ad.metrics import region_metrics
+
+    maps = torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[2:] = True  # the digits convention: an anomalous image's mask is the whole image
+    metrics = region_metrics(maps, masks)
+    assert "pixel_AUPRO" not in metrics and "cover the whole image" in metrics.not_applicable["pixel_AUPRO"]
+    masks[3, :2] = False
+    assert "pixel_AUPRO" not in region_metrics(maps, masks)  # one whole-image mask is enough to refuse
+    masks[2, :2] = False
+    assert 0.0 < region_metrics(maps, masks)["pixel_AUPRO"] <= 1.0
+
+
+def test_metrics_json_shows_null_with_the_reason(tmp_path):
+    from quadra_ad.reports.predictions import write_metrics
+
+    metrics = image_metrics(torch.tensor([0.1, 0.5, 0.9]), torch.tensor([1, 1, 1]), threshold=0.1)
+    written = json.loads(write_metrics(metrics, tmp_path / "metrics.json").read_text())
+    assert written["image_F1"] is None and written["image_tp"] == 3
+    assert written["not_applicable"]["image_F1"].startswith("every labelled test image is anomalous")
 
 
 def test_aupro_is_anomalib_aupro():

@@ -84,8 +84,12 @@ class AnomalyDataModule(LightningDataModule):
             self.layout.root, len(self.layout.train), len(self.layout.test), anomalous,
             len(self.layout.unknown), self.layout.task_type,
         )
+        good = sum(1 for s in self.layout.test if s.label == 0)
         if self.phase == "train" and anomalous == 0:
             log.warning("No anomalous test images: thresholds cannot be tuned and image metrics are skipped.")
+        if self.phase == "train" and good == 0 and anomalous:
+            log.warning("No good test images: thresholds cannot be judged; AUROC, F1, precision and recall are "
+                        "not applicable (metrics.json says why).")
 
     @property
     def preparation(self) -> ImagePreparation:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quadra_ad.metrics import Metrics
 from quadra_ad.scored_set import ScoredSet
 from quadra_ad.thresholds import Calibration
 
@@ -40,8 +41,12 @@ def write_predictions(scored: ScoredSet, path: Path, threshold: float, normaliza
     return Path(path)
 
 
-def write_metrics(metrics: dict[str, float], path: Path) -> Path:
-    """Metrics as JSON (NaN written as null)."""
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+def write_metrics(metrics: Metrics, path: Path) -> Path:
+    """Metrics as JSON: values, null for the ones not applicable to the data, and
+    ``not_applicable: {metric: reason}`` (left out when every metric applies)."""
+    clean: dict = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    clean.update({name: None for name in metrics.not_applicable})
+    if metrics.not_applicable:
+        clean["not_applicable"] = dict(sorted(metrics.not_applicable.items()))
     Path(path).write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Path(path)

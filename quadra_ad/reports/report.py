@@ -2,13 +2,14 @@
 
 from pathlib import Path
 
+from quadra_ad.metrics import Metrics
 from quadra_ad.reports.plots import CONFUSION_MATRIX_PNG, SCORE_HISTOGRAM_PNG, plot_confusion_matrix, plot_score_histogram
 from quadra_ad.reports.predictions import METRICS_JSON, PREDICTIONS_CSV, write_metrics, write_predictions
 from quadra_ad.scored_set import ScoredSet
 from quadra_ad.thresholds import Calibration
 
 
-def write_report(scored: ScoredSet, metrics: dict[str, float], output_dir: Path, normalization: Calibration,
+def write_report(scored: ScoredSet, metrics: Metrics, output_dir: Path, normalization: Calibration,
                  threshold: float | None = None) -> list[Path]:
     """Write predictions.csv, metrics.json, and the plots that the data allows; return the files.
 

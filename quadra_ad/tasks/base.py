@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from quadra_ad.metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 TIMINGS_FILE = "timings.json"
@@ -25,7 +27,7 @@ class Task:
         self.config = config
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics: dict[str, float] = {}
+        self.metrics: Metrics = Metrics()
         #: Wall seconds per lifecycle step, written to ``timings.json`` and logged as ``time_<step>_s``.
         self.timings: dict[str, float] = {}
         #: Where the run was logged (None when it was not); ``tracking_error`` says why not, in one line.

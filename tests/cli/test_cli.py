@@ -141,8 +141,11 @@ def test_offline_demo_runs_end_to_end(tmp_path):
     for name in ("deployment_model/model.pt", "deployment_model/model.onnx", "deployment_model/model.json",
                  "metrics.json", "predictions.csv", ".hydra/config.yaml"):
         assert (run_dir / name).is_file(), name
-    training_auroc = json.loads((run_dir / "metrics.json").read_text())["image_AUROC"]
+    written_metrics = json.loads((run_dir / "metrics.json").read_text())
+    training_auroc = written_metrics["image_AUROC"]
     assert training_auroc > 0.5
+    # Digit masks are whole images: AUPRO is undefined there, so it is null with the reason, not 0.0.
+    assert written_metrics["pixel_AUPRO"] is None and "whole image" in written_metrics["not_applicable"]["pixel_AUPRO"]
     assert json.loads(returned.read_text()) == training_auroc  # core.optimized_metric: image_AUROC
     assert (tmp_path / "mlflow.db").is_file()
     assert f"quadra-ad: run folder {run_dir}" in result.stdout
