@@ -51,7 +51,8 @@ class RunTable:
 
     @property
     def best(self) -> dict[str, object] | None:
-        ranked = [row for row in self.rows if _is_number(row.get(self.sort_metric))]
+        """The top finished run with the metric; a FAILED or KILLED run is never the best."""
+        ranked = [row for row in self.rows if _is_number(row.get(self.sort_metric)) and row.get("status") == "FINISHED"]
         return ranked[0] if ranked else None
 
 
@@ -108,17 +109,19 @@ def build_table(runs, sort_metric: str = "image_AUROC", columns: list[str] | Non
         if varying:
             notes.append(f"params that differ between these runs: {', '.join(_header(c) for c in varying)}")
     # Rows also carry what the "best run" line and the plot need, shown or not.
-    wanted = [*columns, *(c for c in ("run", "model", "model_path", "run_folder", sort_metric) if c not in columns)]
+    wanted = [*columns, *(c for c in ("run", "model", "status", "model_path", "run_folder", sort_metric) if c not in columns)]
     readers = {column: _reader(column, runs, metric_names) for column in wanted}
     rows = [{column: read(run) for column, read in readers.items()} for run in runs]
-    ranked = sorted(rows, key=lambda row: _rank_key(row.get(sort_metric), ascending))
+    ranked = sorted(rows, key=lambda row: _rank_key(row.get(sort_metric), row.get("status"), ascending))
     return RunTable(list(columns), ranked, sort_metric, notes)
 
 
-def _rank_key(value, ascending: bool):
+def _rank_key(value, status, ascending: bool):
+    """Finished runs by the metric first, then unfinished ones (FAILED, KILLED) by the metric, then
+    runs without it."""
     if not _is_number(value):
-        return (1, 0.0)
-    return (0, value if ascending else -value)
+        return (2, 0.0)
+    return (0 if status == "FINISHED" else 1, value if ascending else -value)
 
 
 def _reader(column: str, runs, metric_names: list[str]):

@@ -107,3 +107,12 @@ def test_server_down_fails_fast_in_one_line(tmp_path, capsys):
 def test_no_matching_runs(store, tmp_path, capsys):
     assert _compare(store, tmp_path, "--filter", "params.model.n_features = '999'") == 1
     assert "no runs match" in capsys.readouterr().err
+
+
+def test_a_failed_run_with_the_top_metric_is_ranked_after_finished_runs_and_never_best(store, tmp_path, capsys):
+    # An export that failed after testing: metrics logged, run FAILED (what the training task does).
+    _log(store, "bottle", "Draem", {"image_AUROC": 1.0}, status="FAILED")
+    assert _compare(store, tmp_path, "-e", "bottle") == 0
+    rows = _csv_rows(tmp_path)
+    assert [row["model"] for row in rows] == ["Patchcore", "Padim", "Draem", "Fastflow"]
+    assert "best by image_AUROC: Patchcore_run" in capsys.readouterr().out
