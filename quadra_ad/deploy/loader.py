@@ -51,6 +51,19 @@ def _check_against_card(model: ExportedModel) -> None:
         )
 
 
+def _check_card_belongs_to(card: ModelCard, card_path: Path, graph_file: Path) -> None:
+    """Refuse a model.json written for other graph files (swapped in from another run)."""
+    if not card.sha256:
+        log.warning("'%s' predates graph hashes (schema %s): it cannot be checked against '%s'",
+                    card_path, card.schema_version, graph_file.name)
+        return
+    if not card.describes(graph_file):
+        raise ConfigError(
+            f"'{card_path}' was written for other graph files than '{graph_file}' (content hash differs: the card "
+            f"comes from another model, or the file changed after export); use the model.json exported with it"
+        )
+
+
 def resolve_device(device: str) -> str:
     """``cpu`` or ``cuda[:n]``; CUDA must exist when asked for."""
     if device == "cpu":
@@ -85,7 +98,13 @@ def load_exported_model(model_path: str | Path, device: str = "cpu") -> Exported
         raise ConfigError(f"'{card_path}' is not a quadra_ad model.json ({first_line(error)})") from None
     device = resolve_device(device)
     model_class = OnnxModel if suffix in ONNX_SUFFIXES else TorchScriptModel
-    model = model_class(path, card, device)
+    model = model_class(path, card, device)  # an incomplete or foreign file fails here, with its own line
+    _check_card_belongs_to(card, card_path, path)
+    if card.valid_area_mask and not (path.parent / card.valid_area_mask).is_file():
+        raise ConfigError(
+            f"'{card_path}' needs its valid area mask '{card.valid_area_mask}' beside it, and it is missing: copy "
+            f"the whole deployment_model folder"
+        )
     _check_against_card(model)
     if isinstance(model, TorchScriptModel) and device == "cpu":
         model.optimize_for_cpu()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from quadra_ad.deploy.model_card import VALID_AREA_MASK
 from quadra_ad.deploy.runners import OnnxModel, TorchScriptModel
 from quadra_ad.errors import ConfigError, ExportError
 from quadra_ad.export.graph import INPUT_NAME, OUTPUT_NAMES, AnomalyGraph
@@ -48,7 +49,11 @@ def export_torchscript(graph: AnomalyGraph, example: torch.Tensor, folder: Path)
 def export_onnx(
     graph: AnomalyGraph, example: torch.Tensor, folder: Path, opset_version: int | None = None, dynamic: bool = True
 ) -> Path:
-    """Export the graph to ONNX (``model.onnx``) with the dynamo exporter, weights inline."""
+    """Export the graph to ONNX (``model.onnx``) with the dynamo exporter, weights inline.
+
+    The exporter implements opset 18 and newer and converts down when asked for less; when that
+    conversion fails it keeps 18 without saying so, hence the check of the written opset.
+    """
     path = folder / "model.onnx"
     with torch.no_grad(), warnings.catch_warnings(), _at_least_warning(CHATTY_ONNX_LOGGERS):
         warnings.simplefilter("ignore")
@@ -63,10 +68,43 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
+    written = written_opset(path)
+    if opset_version is not None and written != opset_version:
+        raise ExportError(
+            f"export.onnx_opset={opset_version}: the ONNX exporter could not convert this model to that opset "
+            f"(it wrote opset {written}); use export.onnx_opset={written} or leave it null"
+        )
     return path
 
 
+def written_opset(path: Path) -> int:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
 EXPORT_TYPES = ("torchscript", "onnx")
+#: The oldest opset the ONNX Runtime versions we support still run.
+MIN_ONNX_OPSET = 7
+
+
+def check_export_config(types: list[str], onnx_opset) -> None:
+    """Refuse, before any training, export settings that could only fail after it."""
+    unknown = [t for t in types if t not in EXPORT_TYPES]
+    if unknown:
+        raise ConfigError(f"export.types: unknown type(s) {unknown}; choose from {sorted(EXPORT_TYPES)}")
+    if onnx_opset is None:
+        return
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(onnx_opset, bool) or not isinstance(onnx_opset, int) or not MIN_ONNX_OPSET <= onnx_opset <= newest:
+        raise ConfigError(
+            f"export.onnx_opset={onnx_opset!r}: give a whole number from {MIN_ONNX_OPSET} to {newest} "
+            f"(the installed onnx's newest), or null for the exporter's default"
+        )
 
 
 def _run_exported(export_type: str, path: Path, images: torch.Tensor) -> torch.Tensor:
@@ -103,9 +141,7 @@ def export_graph(
     traced graph fail or, worse, silently drop images. Those are re-exported at batch size 1 and
     ``model.json`` records it, so inference feeds them one image at a time.
     """
-    unknown = [t for t in types if t not in EXPORT_TYPES]
-    if unknown:
-        raise ConfigError(f"export.types: unknown type(s) {unknown}; choose from {sorted(EXPORT_TYPES)}")
+    check_export_config(types, onnx_opset)
     folder.mkdir(parents=True, exist_ok=True)
     graph = graph.cpu().eval()
     generator = torch.Generator().manual_seed(0)
@@ -130,3 +166,17 @@ def export_graph(
             raise ExportError(f"export to {export_type} failed for this model: {first_line}; "
                               f"remove '{export_type}' from export.types to skip it") from error
     return written
+
+
+def write_valid_area_mask(preparation, folder: Path) -> Path | None:
+    """The training's region-of-interest mask as ``valid_area_mask.png`` (0/255) beside the graphs,
+    so inference applies the same one; None when the training had none."""
+    if preparation.valid_area is None:
+        return None
+    import cv2
+    import numpy as np
+
+    path = Path(folder) / VALID_AREA_MASK
+    if not cv2.imwrite(str(path), preparation.valid_area.numpy().astype(np.uint8) * 255):
+        raise ExportError(f"cannot write the valid area mask to '{path}'")
+    return path

@@ -87,16 +87,33 @@ class AnomalyInferenceTask(Task):
         self.datamodule.setup()
 
     def _transforms_from_card(self) -> dict:
-        """Input size and normalisation from model.json, unless the user set them."""
+        """Everything the graph's input depends on, from model.json, unless the user set it.
+
+        An input size other than the graph's is refused; other settings of the user's win with a
+        warning (a camera that moved may need another crop).
+        """
         card = self.model.card
         node = self.config.datamodule
+        given_size = node.get("image_size")
+        if given_size is not None and list(given_size) != list(card.input_size):
+            raise ConfigError(
+                f"transforms.input_size={list(given_size)} but the model was exported for {list(card.input_size)} "
+                f"(model.json input_size): remove transforms.input_size, the model's size is used"
+            )
+        mask = card.valid_area_mask
+        from_card = {
+            "image_size": list(card.input_size), "mean": list(card.mean), "std": list(card.std),
+            "crop_area": list(card.crop_area) if card.crop_area is not None else None,
+            "valid_area_mask": str(Path(self.model.path).parent / mask) if mask else None,
+        }
         chosen = {}
-        for key, from_card in (("image_size", card.input_size), ("mean", card.mean), ("std", card.std)):
+        for key, value in from_card.items():
             given = node.get(key)
             if given is None:
-                chosen[key] = list(from_card)
-            elif list(given) != list(from_card):
-                log.warning("datamodule.%s=%s differs from model.json (%s): using yours", key, list(given), list(from_card))
+                chosen[key] = value
+            elif value is None or _as_plain(given) != _as_plain(value):
+                log.warning("datamodule.%s=%s differs from the model's (%s, model.json): using yours", key,
+                            _as_plain(given), value)
         return chosen
 
     def test(self) -> None:
@@ -156,3 +173,7 @@ class AnomalyInferenceTask(Task):
     def tracking_artifacts(self) -> list[Path]:
         return [self.output_dir / RESOLVED_CONFIG, self.output_dir / ".hydra", self.output_dir / HEATMAPS_DIR,
                 self.output_dir / RAW_OUTPUTS_DIR, *self.report_files]
+
+
+def _as_plain(value):
+    return list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else value

@@ -13,10 +13,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from quadra_ad.callbacks.from_config import build_callbacks, without_auroc_checkpoints
 from quadra_ad.callbacks.score_collector import ScoreCollector
 from quadra_ad.config.instantiation import instantiate_node
-from quadra_ad.deploy.model_card import ModelCard
+from quadra_ad.deploy.model_card import ModelCard, file_sha256
 from quadra_ad.errors import DatasetError, QuadraADError
 from quadra_ad.export.graph import AnomalyGraph
-from quadra_ad.export.writers import export_graph
+from quadra_ad.export.writers import check_export_config, export_graph, write_valid_area_mask
 from quadra_ad.metrics import scored_set_metrics
 from quadra_ad.models.factory import build_model
 from quadra_ad.models.trainer_arguments import merge_trainer_arguments
@@ -48,6 +48,8 @@ class AnomalyTrainingTask(Task):
     def prepare(self) -> None:
         cfg = self.config
         OmegaConf.save(cfg, self.output_dir / RESOLVED_CONFIG, resolve=True)
+        export_cfg = cfg.get("export") or {}
+        check_export_config(list(export_cfg.get("types") or []), export_cfg.get("onnx_opset"))
         self.datamodule = instantiate_node(cfg, "datamodule")
         self.datamodule.setup()
         if not any(s.label is not None for s in self.datamodule.layout.test):
@@ -118,16 +120,19 @@ class AnomalyTrainingTask(Task):
             except QuadraADError as error:
                 log.error("%s", error)
                 self.export_errors.append(error)
-        self._model_card().write(folder)
+        mask_file = write_valid_area_mask(self.datamodule.preparation, folder)
+        self._model_card(mask_file).write(folder)
 
     def report(self) -> None:
         scored = concat_scored_sets(self.collector.test, self.collector.predict)
         self.report_files = write_report(scored, self.metrics, self.output_dir, self.calibration)
 
     def finalize(self) -> None:
-        super().finalize()
         if self.export_errors:
+            # Everything else is on disk and logged, but the run did not deliver what it was asked for.
+            self.track("FAILED", self.export_errors[0])
             raise self.export_errors[0]
+        super().finalize()
 
     def tracking_tags(self) -> dict[str, str]:
         tags = super().tracking_tags()
@@ -154,7 +159,7 @@ class AnomalyTrainingTask(Task):
         return read_lightning_history(self.output_dir)
 
     # -- helpers ---------------------------------------------------------------------------
-    def _model_card(self) -> ModelCard:
+    def _model_card(self, valid_area_mask: Path | None) -> ModelCard:
         dm = self.datamodule
         return ModelCard(
             model_class=f"{type(self.model).__module__}.{type(self.model).__name__}",
@@ -163,7 +168,10 @@ class AnomalyTrainingTask(Task):
             std=list(dm.std),
             calibration=self.calibration,
             task_type=dm.layout.task_type,
+            valid_area_mask=valid_area_mask.name if valid_area_mask is not None else None,
+            crop_area=dm.preparation.crop_area,
             files={k: p.name for k, (p, _) in self.exported.items()},
+            sha256={k: file_sha256(p) for k, (p, _) in self.exported.items()},
             fixed_batch_size={k: b for k, (_, b) in self.exported.items() if b is not None},
             has_anomaly_map=self.collector.test.has_maps or self.collector.validation.has_maps,
             versions=package_versions(),

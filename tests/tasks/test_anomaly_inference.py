@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from quadra_ad.config.compose import compose_config
 from quadra_ad.testing.synthetic import write_synthetic_dataset
 from quadra_ad.errors import ConfigError
-from quadra_ad.deploy.model_card import ModelCard
+from quadra_ad.deploy.model_card import ModelCard, file_sha256
 from quadra_ad.run import run
 from tests.conftest import IMAGE_SIZE
 
@@ -208,8 +208,17 @@ def test_graph_with_other_outputs_than_model_json_says(trained, segmentation_dat
     folder = tmp_path / "model"
     shutil.copytree(training.output_dir / "deployment_model", folder)
     torch.jit.script(_MapOnlyGraph()).save(str(folder / "map_only.pt"))
+    _card_for(folder, "map_only.pt")
     message = _error(folder / "map_only.pt", segmentation_dataset, tmp_path)
     assert "expected (pred_score, anomaly_map)" in message
+
+
+def _card_for(folder: Path, graph_file: str) -> ModelCard:
+    """The folder's model.json rewritten to name ``graph_file`` as its graph (hash included)."""
+    card = ModelCard.read(folder / "model.json")
+    card.sha256 = {"torchscript": file_sha256(folder / graph_file)}
+    card.write(folder)
+    return card
 
 
 class _MapOnlyGraph(torch.nn.Module):
@@ -223,7 +232,7 @@ def test_images_of_another_channel_count_than_the_model(trained, segmentation_da
     shutil.copytree(training.output_dir / "deployment_model", folder)
     one_channel = torch.jit.script(_OneChannelGraph())
     one_channel.save(str(folder / "gray.pt"))
-    card = ModelCard.read(folder / "model.json")
+    card = _card_for(folder, "gray.pt")
     card.input_channels = 1
     card.write(folder)
     message = _error(folder / "gray.pt", segmentation_dataset, tmp_path)
@@ -264,3 +273,83 @@ def test_torchscript_is_frozen_and_optimised_for_cpu_with_unchanged_scores(train
     (plain_scores, plain_maps), (scores, maps) = plain(images), loaded(images)
     assert torch.allclose(scores, plain_scores, rtol=1e-4, atol=1e-5)
     assert torch.allclose(maps, plain_maps, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def other_padim(segmentation_dataset, tmp_path_factory):
+    """Another PaDiM of the same input size (other feature subset): a model.json that is not theirs."""
+    from tests.conftest import training_config
+
+    folder = tmp_path_factory.mktemp("other_padim")
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, None, "core.seed=7", "model.n_features=40")
+    return run(cfg, output_dir=folder / "run")
+
+
+@pytest.mark.parametrize("file_name", ["model.pt", "model.onnx"])
+def test_model_json_of_another_model_is_refused(trained, other_padim, segmentation_dataset, tmp_path, file_name):
+    # Same input size and format, another training run: its thresholds would silently apply here.
+    training, _ = trained
+    folder = tmp_path / "model"
+    shutil.copytree(training.output_dir / "deployment_model", folder)
+    shutil.copy(other_padim.output_dir / "deployment_model" / "model.json", folder / "model.json")
+    message = _error(folder / file_name, segmentation_dataset, tmp_path)
+    assert "was written for other graph files" in message and str(folder / file_name) in message
+
+
+def test_model_json_names_the_content_of_each_exported_file(trained):
+    training, _ = trained
+    folder = training.output_dir / "deployment_model"
+    card = ModelCard.read(folder / "model.json")
+    assert card.sha256 == {fmt: file_sha256(folder / name) for fmt, name in card.files.items()}
+    assert card.schema_version == 2
+
+
+@pytest.fixture(scope="module")
+def trained_with_crop_and_roi(segmentation_dataset, tmp_path_factory):
+    """PaDiM trained on a crop of the images with a region-of-interest mask."""
+    import cv2
+    import numpy as np
+
+    from tests.conftest import training_config
+
+    folder = tmp_path_factory.mktemp("crop_roi")
+    roi = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    roi[2:30, 3:29] = 255
+    cv2.imwrite(str(folder / "roi.png"), roi)
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, None, "datamodule.crop_area=[2,2,30,30]",
+                          f"datamodule.valid_area_mask={folder / 'roi.png'}")
+    return run(cfg, output_dir=folder / "run")
+
+
+@pytest.mark.parametrize("file_name", ["model.pt", "model.onnx"])
+def test_inference_applies_the_training_crop_and_region_of_interest_by_itself(trained_with_crop_and_roi,
+                                                                               segmentation_dataset, tmp_path, file_name):
+    training = trained_with_crop_and_roi
+    folder = training.output_dir / "deployment_model"
+    card = ModelCard.read(folder / "model.json")
+    assert card.crop_area == [2, 2, 30, 30] and card.valid_area_mask == "valid_area_mask.png"
+    assert (folder / "valid_area_mask.png").is_file()
+    # The inference command repeats neither the crop nor the mask.
+    task = infer(folder / file_name, segmentation_dataset, tmp_path / "run", "task.use_training_threshold=true")
+    preparation = task.datamodule.preparation
+    assert preparation.crop_area == [2, 2, 30, 30] and preparation.valid_area is not None
+    expected = dict(zip(training.collector.test.image_paths, training.collector.test.scores))
+    got = dict(zip(task.labelled.image_paths, task.labelled.scores))
+    assert max(abs(got[p] - expected[p]) for p in expected) <= TOLERANCE[file_name]
+    assert task.metrics["image_AUROC"] == pytest.approx(training.metrics["image_AUROC"], abs=1e-12)
+
+
+def test_a_deployment_folder_without_its_region_of_interest_mask_is_refused(trained_with_crop_and_roi,
+                                                                          segmentation_dataset, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(trained_with_crop_and_roi.output_dir / "deployment_model", folder)
+    (folder / "valid_area_mask.png").unlink()
+    message = _error(folder / "model.onnx", segmentation_dataset, tmp_path)
+    assert "valid area mask 'valid_area_mask.png'" in message and "copy the whole deployment_model folder" in message
+
+
+def test_an_input_size_the_graph_was_not_exported_for_is_refused(trained, segmentation_dataset, tmp_path):
+    training, _ = trained
+    message = _error(training.output_dir / "deployment_model" / "model.onnx", segmentation_dataset, tmp_path,
+                     "transforms.input_size=[64,64]")
+    assert message.startswith("transforms.input_size=[64, 64] but the model was exported for [32, 32]")

@@ -158,3 +158,60 @@ def test_visualizer_callback_is_off_by_default(segmentation_dataset, tmp_path):
     cfg = training_config("base/anomaly/padim", segmentation_dataset, None, "export.types=[]", "callbacks=default")
     run(cfg, output_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "heatmaps").exists()
+
+
+def test_a_test_set_without_good_images_reports_no_perfect_scores(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from quadra_ad.testing.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", n_train=6, n_test_good=0, n_test_defect=4, size=IMAGE_SIZE)
+    task = run(training_config("base/anomaly/padim", data, tmp_path, "export.types=[]"), output_dir=tmp_path / "run")
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for name in ("image_F1", "image_precision", "image_recall", "image_AUROC"):
+        assert written[name] is None, name
+        assert written["not_applicable"][name].startswith("every labelled test image is anomalous")
+    assert written["image_tp"] + written["image_fn"] == 4
+    logged = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(task.tracked_run.run_id).data.metrics
+    assert "image_F1" not in logged and "image_precision" not in logged and logged["image_tp"] + logged["image_fn"] == 4
+
+
+def test_unknown_export_type_is_refused_before_training(segmentation_dataset, tmp_path):
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, tmp_path, "export.types=[torchscript,tflite]")
+    with pytest.raises(ConfigError, match=r"^export\.types: unknown type\(s\) \['tflite'\]"):
+        run(cfg, output_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "lightning_logs").exists()  # nothing was trained
+    assert not (tmp_path / "mlflow.db").exists()  # and no run was logged
+
+
+@pytest.mark.parametrize("opset", ["16.5", "3", "999"])
+def test_onnx_opset_out_of_range_is_refused_before_training(segmentation_dataset, tmp_path, opset):
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, None, f"export.onnx_opset={opset}")
+    with pytest.raises(ConfigError, match=rf"^export\.onnx_opset={opset}: give a whole number"):
+        run(cfg, output_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "lightning_logs").exists()
+
+
+def test_onnx_opset_asked_for_is_the_one_written(segmentation_dataset, tmp_path):
+    from quadra_ad.export.writers import written_opset
+
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, None, "export.types=[onnx]", "export.onnx_opset=20")
+    run(cfg, output_dir=tmp_path / "run")
+    assert written_opset(tmp_path / "run" / "deployment_model" / "model.onnx") == 20
+
+
+def test_onnx_opset_the_exporter_cannot_honour_fails_the_run_in_one_line(segmentation_dataset, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from quadra_ad.errors import ExportError
+
+    # PaDiM's graph does not convert below opset 18; the exporter used to keep 18 without a word.
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, tmp_path, "export.types=[onnx]",
+                          "export.onnx_opset=17")
+    with pytest.raises(ExportError, match=r"^export\.onnx_opset=17: the ONNX exporter could not convert") as error:
+        run(cfg, output_dir=tmp_path / "run")
+    assert "\n" not in str(error.value)
+    assert (tmp_path / "run" / "metrics.json").is_file()  # what was done is kept
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (logged,) = client.search_runs([client.get_experiment_by_name("padim").experiment_id])
+    assert logged.info.status == "FAILED" and logged.data.tags["quadra_ad.error"].startswith("ExportError: export.onnx_opset=17")
