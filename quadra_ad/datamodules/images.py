@@ -5,12 +5,15 @@
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from quadra_ad.errors import DatasetError
+
+if TYPE_CHECKING:
+    import torch
 
 #: File endings treated as images; anything else in a folder (``.DS_Store``, ``Thumbs.db``) is ignored.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
@@ -43,8 +46,10 @@ def _to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
     raise DatasetError(f"cannot read image file '{path}': unsupported pixel type {array.dtype}")
 
 
-def read_image(path: str | Path) -> torch.Tensor:
+def read_image(path: str | Path) -> "torch.Tensor":
     """Read an image as a float32 tensor of shape (3, H, W) with values in [0, 1]."""
+    import torch  # here, not at the top: the dataset preflight reads files without torch
+
     path = Path(path)
     array = _to_unit_float(_read_raw(path), path)
     if array.ndim == 2:
@@ -60,8 +65,10 @@ def read_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
-def read_mask(path: str | Path) -> torch.Tensor:
+def read_mask(path: str | Path) -> "torch.Tensor":
     """Read a mask as a bool tensor of shape (H, W): any non-zero pixel is anomalous."""
+    import torch
+
     path = Path(path)
     array = _read_raw(path)
     if array.ndim == 3:
