@@ -22,16 +22,25 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def missing_value_error(cfg: DictConfig, key: str) -> ConfigError | None:
+    """The error for the first mandatory value (``???``) left unset under ``cfg.<key>``, if any."""
+    node = OmegaConf.select(cfg, key, throw_on_missing=False)
+    missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
+    if not missing:
+        return None
+    # missing_keys() gives full paths when the node sits inside a bigger config.
+    first = missing[0] if missing[0].startswith(f"{key}.") else f"{key}.{missing[0]}"
+    return ConfigError(f"{first} is not set: add {first}=<value> to the command line or the experiment file")
+
+
 def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     """Instantiate ``cfg.<key>``; raise ConfigError naming ``key`` when the config is at fault."""
     node = OmegaConf.select(cfg, key, throw_on_missing=False)
     if node is None:
         raise ConfigError(f"'{key}' is not in the config: add a '{key}' section or pick a config group for it")
-    missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
-    if missing:
-        # missing_keys() gives full paths when the node sits inside a bigger config.
-        first = missing[0] if missing[0].startswith(f"{key}.") else f"{key}.{missing[0]}"
-        raise ConfigError(f"{first} is not set: add {first}=<value> to the command line or the experiment file")
+    error = missing_value_error(cfg, key)
+    if error is not None:
+        raise error
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if target:
         log.info("Instantiating %s <%s>", key, target)

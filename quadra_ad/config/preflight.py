@@ -1,12 +1,17 @@
-"""Check config-group choices on the command line before Hydra sees them.
+"""Check the command line before Hydra sees it: group choices, override syntax, the config it
+composes to.
 
-Hydra's own message for an unknown choice is a multi-line dump; ours is one line naming the
-group, the value and the closest existing names.
+Hydra's own messages for these are multi-line dumps (an unknown choice, an override it cannot
+lex, a key that does not exist, a YAML syntax error in a user's experiment file); ours are one
+line naming the key or the file, what is wrong and the closest existing names.
 """
 
 import difflib
+import re
 from collections.abc import Sequence
 from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
 
 from quadra_ad.config.locations import config_dir, experiment_dirs
 from quadra_ad.errors import ConfigError
@@ -52,3 +57,81 @@ def check_group_choices(overrides: Sequence[str]) -> None:
                 f"Unknown {key} '{choice}': no {Path(choice).as_posix()}.yaml in {where}.{hint} "
                 f"List them with: quadra-ad --list {key}"
             )
+
+
+def _parse_error(override: str, error: Exception) -> ConfigError:
+    key, _, value = override.partition("=")
+    odd = sorted({c for c in value if ord(c) > 127})
+    if odd:
+        return ConfigError(
+            f"cannot read the override '{override}': Hydra takes characters such as {', '.join(odd)} only inside quotes; "
+            f"write it as {key}=\"{value}\" (in a shell: '{key}=\"{value}\"')"
+        )
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ConfigError(f"cannot read the override '{override}' ({first}): quote values that hold spaces, brackets, "
+                       f"commas or '=' as {key}=\"...\"")
+
+
+def check_override_syntax(overrides: Sequence[str]) -> None:
+    """One line naming the first override Hydra's grammar cannot read, and how to quote it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as error:
+            raise _parse_error(override, error) from None
+
+
+def _yaml_error(error) -> ConfigError:
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+    where = f"'{mark.name}' line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "an experiment file"
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and context_mark is not None:
+        context = f"{context} started at line {context_mark.line + 1}, column {context_mark.column + 1}"
+    return ConfigError(f"YAML syntax error in {where}: {problem}{f' ({context})' if context else ''}")
+
+
+def _unknown_key_error(key: str, overrides: Sequence[str]) -> ConfigError:
+    """``key`` is not in the composed config: name the keys it could have meant."""
+    from quadra_ad.config.compose import compose_config
+
+    parent, _, leaf = key.rpartition(".")
+    others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        node = compose_config(others)
+        node = OmegaConf.select(node, parent) if parent else node
+        known = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+    except Exception:  # noqa: BLE001 - the hint is optional, the message is not
+        known = []
+    close = difflib.get_close_matches(leaf, known, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(f'{parent}.{c}' if parent else c for c in close)}?" if close else ""
+    where = f"under '{parent}'" if parent else "at the top of the config"
+    return ConfigError(f"{key}: no such key {where}.{hint} To add a new key write +{key}=<value>")
+
+
+def compose_checked(overrides: Sequence[str]) -> DictConfig:
+    """The config ``quadra-ad <overrides>`` runs, with Hydra's composition errors as one line each."""
+    import yaml
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    from quadra_ad.config.compose import compose_config
+
+    check_override_syntax(overrides)
+    try:
+        return compose_config(overrides)
+    except yaml.YAMLError as error:
+        raise _yaml_error(error) from None
+    except OverrideParseException as error:
+        raise ConfigError(str(error).strip().splitlines()[0]) from None
+    except ConfigCompositionException as error:
+        match = re.match(r"Could not override '([^']+)'", str(error))
+        cause = error.__cause__
+        if match and cause is not None and "not in struct" in str(cause):
+            raise _unknown_key_error(match.group(1), overrides) from None
+        if isinstance(cause, yaml.YAMLError):
+            raise _yaml_error(cause) from None
+        raise ConfigError(" ".join(str(error).strip().splitlines()[:2])) from None
