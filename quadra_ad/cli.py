@@ -1,9 +1,13 @@
-"""The ``quadra-ad`` command: compose the Hydra config, hand it to :func:`quadra_ad.run.run`,
-print where the results are, and return the objective to Hydra (for sweepers such as Optuna).
+"""The ``quadra-ad`` command: check the command line and what it asks for, compose the Hydra
+config, hand it to :func:`quadra_ad.run.run`, print where the results are, and return the
+objective to Hydra (for sweepers such as Optuna).
 
-Everything heavy (torch, anomalib, mlflow) is imported inside the task, after Hydra has parsed
-the command line, so ``--help``, ``--cfg job`` and ``--info`` stay fast. This module is the only
-one of ``quadra-ad`` that prints; the package logs.
+A plain run is checked before Hydra starts it (group choices, override syntax, composition,
+values, working directory, dataset, exported model): a mistake is one line and exit code 2 in
+about a second, with no run folder. Runs with Hydra flags (``-m``, ``--cfg`` …) get the same
+checks inside each job, whose folder is then marked ``FAILED.txt``. Everything heavy (torch,
+anomalib, mlflow) is imported after that, so ``--help``, ``--cfg job`` and errors stay fast.
+This module is the only one of ``quadra-ad`` that prints; the package logs.
 """
 
 import os
@@ -15,9 +19,14 @@ from omegaconf import DictConfig
 
 from quadra_ad.config.experiment_source import register_experiment_sources
 from quadra_ad.config.locations import config_dir
-from quadra_ad.config.preflight import check_group_choices, group_options
+from quadra_ad.config.preflight import check_group_choices, compose_checked, group_options
 from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import QuadraADError
+
+#: Set once the whole command line was checked before Hydra started the run.
+_CHECKED_BEFORE_HYDRA = False
+FAILED_MARKER = "FAILED.txt"
+INTERRUPTED_AT_START = "quadra-ad: interrupted before the run started: nothing was written"
 
 
 def one_line(error: BaseException) -> str:
@@ -54,21 +63,41 @@ def _print_tracking(task) -> None:
         print(f"quadra-ad: to browse it: {tracked.ui_hint()}")
 
 
+def _mark_run_folder_failed(error: QuadraADError) -> None:
+    """A job that stops on a mistake leaves its (Hydra-made) folder marked, not a silent stub."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        folder = HydraConfig.get().runtime.output_dir
+        with open(os.path.join(folder, FAILED_MARKER), "w", encoding="utf-8") as handle:
+            handle.write(f"quadra-ad: error: {one_line(error)}\n")
+    except (ValueError, OSError):
+        pass
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_entry(cfg: DictConfig) -> float | None:
-    from quadra_ad.run import build_task, objective  # deferred: pulls in torch and anomalib
-
     task = None
     try:
+        if not _CHECKED_BEFORE_HYDRA:
+            from quadra_ad.startup_checks import check_before_run
+
+            check_before_run(cfg)
+        from quadra_ad.run import build_task, objective  # deferred: pulls in torch and anomalib
+
         task = build_task(cfg)
         task.execute()
     except QuadraADError as error:
         _print_tracking(task)
+        _mark_run_folder_failed(error)
         _fail(error)
     except KeyboardInterrupt:
         _print_tracking(task)
-        print("quadra-ad: interrupted: what the run wrote so far stays in its run folder; "
-              "its MLflow run is marked KILLED", file=sys.stderr)
+        if task is None:
+            print(INTERRUPTED_AT_START, file=sys.stderr)
+        else:
+            print("quadra-ad: interrupted: what the run wrote so far stays in its run folder; "
+                  "its MLflow run is marked KILLED", file=sys.stderr)
         sys.exit(130)
     except BaseException:
         _print_tracking(task)
@@ -86,6 +115,21 @@ def _print_group(group: str) -> None:
     print("\n".join(options))
 
 
+def _is_plain_run(args: list[str]) -> bool:
+    """Only overrides: no Hydra flag (``-m``, ``--cfg``, ``--help`` …) that changes what runs."""
+    return all(not arg.startswith("-") for arg in args)
+
+
+def _check_plain_run(args: list[str]) -> None:
+    global _CHECKED_BEFORE_HYDRA
+    from quadra_ad.startup_checks import check_before_run
+
+    # Hydra's own settings (run folder, callbacks) do not change what the task gets.
+    overrides = [arg for arg in args if not arg.lstrip("+~").startswith("hydra.")]
+    check_before_run(compose_checked(overrides))
+    _CHECKED_BEFORE_HYDRA = True
+
+
 def main() -> None:
     """Console-script entry point."""
     args = sys.argv[1:]
@@ -94,8 +138,13 @@ def main() -> None:
         return
     try:
         check_group_choices(args)
+        register_experiment_sources()
+        register_resolvers()
+        if _is_plain_run(args):
+            _check_plain_run(args)
     except QuadraADError as error:
         _fail(error)
-    register_experiment_sources()
-    register_resolvers()
+    except KeyboardInterrupt:
+        print(INTERRUPTED_AT_START, file=sys.stderr)
+        sys.exit(130)
     _hydra_entry()

@@ -9,15 +9,11 @@ from pathlib import Path
 
 import torch
 
-from quadra_ad.deploy.model_card import MODEL_JSON, ModelCard
+from quadra_ad.deploy.model_card import MODEL_JSON, ONNX_SUFFIXES, ModelCard, locate_exported_model
 from quadra_ad.deploy.runners import ExportedModel, OnnxModel, TorchScriptModel, first_line
 from quadra_ad.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")
-ONNX_SUFFIXES = (".onnx",)
-
 
 def _check_against_card(model: ExportedModel) -> None:
     """Run one blank image of the size model.json gives and check the outputs' shapes."""
@@ -77,34 +73,11 @@ def resolve_device(device: str) -> str:
 
 def load_exported_model(model_path: str | Path, device: str = "cpu") -> ExportedModel:
     """Load ``model_path`` (TorchScript or ONNX, by ending) and the ``model.json`` beside it."""
-    if model_path is None or str(model_path).strip() == "":
-        raise ConfigError("task.model_path is not set: give task.model_path=<run folder>/deployment_model/model.pt (or .onnx)")
-    path = Path(model_path).expanduser()
-    if not path.is_file():
-        hint = " (it is a folder: name model.pt or model.onnx inside it)" if path.is_dir() else ""
-        raise ConfigError(f"task.model_path '{path}' does not exist{hint}")
-    suffix = path.suffix.lower()
-    if suffix not in TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES:
-        raise ConfigError(
-            f"task.model_path '{path}': unknown model format '{suffix}'; give a TorchScript ({', '.join(TORCHSCRIPT_SUFFIXES)}) "
-            f"or ONNX (.onnx) file from a training run's deployment_model folder"
-        )
-    card_path = path.parent / MODEL_JSON
-    if not card_path.is_file():
-        raise ConfigError(f"no {MODEL_JSON} beside task.model_path '{path}': keep the exported model in its deployment_model folder")
-    try:
-        card = ModelCard.read(card_path)
-    except (ValueError, TypeError, KeyError) as error:
-        raise ConfigError(f"'{card_path}' is not a quadra_ad model.json ({first_line(error)})") from None
+    path, card = locate_exported_model(model_path)
     device = resolve_device(device)
-    model_class = OnnxModel if suffix in ONNX_SUFFIXES else TorchScriptModel
+    model_class = OnnxModel if path.suffix.lower() in ONNX_SUFFIXES else TorchScriptModel
     model = model_class(path, card, device)  # an incomplete or foreign file fails here, with its own line
-    _check_card_belongs_to(card, card_path, path)
-    if card.valid_area_mask and not (path.parent / card.valid_area_mask).is_file():
-        raise ConfigError(
-            f"'{card_path}' needs its valid area mask '{card.valid_area_mask}' beside it, and it is missing: copy "
-            f"the whole deployment_model folder"
-        )
+    _check_card_belongs_to(card, path.parent / MODEL_JSON, path)
     _check_against_card(model)
     if isinstance(model, TorchScriptModel) and device == "cpu":
         model.optimize_for_cpu()

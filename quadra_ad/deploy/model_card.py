@@ -14,9 +14,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from quadra_ad.errors import ConfigError
 from quadra_ad.thresholds import Calibration
 
 MODEL_JSON = "model.json"
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")
+ONNX_SUFFIXES = (".onnx",)
 #: The region-of-interest mask, shipped beside model.json when the training used one.
 VALID_AREA_MASK = "valid_area_mask.png"
 #: 2: ``sha256`` of the graph files.
@@ -98,3 +101,54 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def locate_exported_model(model_path: str | Path | None) -> tuple[Path, ModelCard]:
+    """The graph file ``task.model_path`` names and the card beside it; one ConfigError per problem.
+
+    Reads files only (no torch, no ONNX Runtime), so it runs before anything heavy is imported.
+    """
+    if model_path is None or str(model_path).strip() == "":
+        raise ConfigError("task.model_path is not set: give task.model_path=<run folder>/deployment_model/model.pt (or .onnx)")
+    path = Path(model_path).expanduser()
+    if not path.is_file():
+        hint = " (it is a folder: name model.pt or model.onnx inside it)" if path.is_dir() else ""
+        raise ConfigError(f"task.model_path '{path}' does not exist{hint}")
+    suffix = path.suffix.lower()
+    if suffix not in TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES:
+        raise ConfigError(
+            f"task.model_path '{path}': unknown model format '{suffix}'; give a TorchScript ({', '.join(TORCHSCRIPT_SUFFIXES)}) "
+            f"or ONNX (.onnx) file from a training run's deployment_model folder"
+        )
+    card_path = path.parent / MODEL_JSON
+    if not card_path.is_file():
+        raise ConfigError(f"no {MODEL_JSON} beside task.model_path '{path}': keep the exported model in its deployment_model folder")
+    try:
+        card = ModelCard.read(card_path)
+    except (ValueError, TypeError, KeyError) as error:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"'{card_path}' is not a quadra_ad model.json ({first})") from None
+    if card.valid_area_mask and not (path.parent / card.valid_area_mask).is_file():
+        raise ConfigError(
+            f"'{card_path}' needs its valid area mask '{card.valid_area_mask}' beside it, and it is missing: copy "
+            f"the whole deployment_model folder"
+        )
+    return path, card
+
+
+def check_input_size(given, card: ModelCard) -> None:
+    """Refuse an input size other than the one the graph was exported for."""
+    if given is not None and [int(s) for s in given] != list(card.input_size):
+        raise ConfigError(
+            f"transforms.input_size={[int(s) for s in given]} but the model was exported for {list(card.input_size)} "
+            f"(model.json input_size): remove transforms.input_size, the model's size is used"
+        )
+
+
+def preparation_from_card(card: ModelCard, folder: Path) -> dict[str, Any]:
+    """The datamodule arguments that reproduce the training's preparation of images."""
+    return {
+        "image_size": list(card.input_size), "mean": list(card.mean), "std": list(card.std),
+        "crop_area": list(card.crop_area) if card.crop_area is not None else None,
+        "valid_area_mask": str(Path(folder) / card.valid_area_mask) if card.valid_area_mask else None,
+    }

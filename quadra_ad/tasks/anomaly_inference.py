@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from quadra_ad.config.instantiation import instantiate_node
 from quadra_ad.deploy.loader import load_exported_model
+from quadra_ad.deploy.model_card import check_input_size, preparation_from_card
 from quadra_ad.deploy.runners import ExportedModel
 from quadra_ad.errors import ConfigError
 from quadra_ad.metrics import scored_set_metrics
@@ -92,22 +93,10 @@ class AnomalyInferenceTask(Task):
         An input size other than the graph's is refused; other settings of the user's win with a
         warning (a camera that moved may need another crop).
         """
-        card = self.model.card
         node = self.config.datamodule
-        given_size = node.get("image_size")
-        if given_size is not None and list(given_size) != list(card.input_size):
-            raise ConfigError(
-                f"transforms.input_size={list(given_size)} but the model was exported for {list(card.input_size)} "
-                f"(model.json input_size): remove transforms.input_size, the model's size is used"
-            )
-        mask = card.valid_area_mask
-        from_card = {
-            "image_size": list(card.input_size), "mean": list(card.mean), "std": list(card.std),
-            "crop_area": list(card.crop_area) if card.crop_area is not None else None,
-            "valid_area_mask": str(Path(self.model.path).parent / mask) if mask else None,
-        }
+        check_input_size(node.get("image_size"), self.model.card)
         chosen = {}
-        for key, value in from_card.items():
+        for key, value in preparation_from_card(self.model.card, Path(self.model.path).parent).items():
             given = node.get(key)
             if given is None:
                 chosen[key] = value
