@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from quadra_ad.tracking.mlflow_writer import sqlite_database
+from quadra_ad.tracking.mlflow_writer import sqlite_database, sqlite_store_problem
 from quadra_ad.tracking.run_table import (
     BUILTIN_COLUMNS, CompareError, build_table, display_path, fetch_runs, to_csv, to_markdown, to_terminal,
 )
@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     database = sqlite_database(tracking_uri)
     if database is not None and not database.is_file():
         return _fail(f"no MLflow store at {database}: run quadra-ad in this folder first, or pass --tracking-uri <uri>")
+    problem = sqlite_store_problem(database) if database is not None else None
+    if problem:
+        return _fail(f"'{database}' {problem}: move it away (quadra-ad makes a fresh one on its next run) or pass "
+                     f"--tracking-uri <uri>")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
         runs = fetch_runs(tracking_uri, args.experiment, args.filter, args.max_runs)
@@ -71,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(error))
     except ConnectionError as error:
         return _fail(f"{error}: start the server or fix --tracking-uri")
+    except Exception as error:  # noqa: BLE001 - a store MLflow cannot read: one line, not its traceback
+        if database is None:
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        return _fail(f"'{database}' is not a readable MLflow store ({type(error).__name__}: {first}); pass "
+                     f"--tracking-uri <uri> for another one")
     if not table.rows:
         print(f"quadra-ad-compare: no runs match at {tracking_uri}", file=sys.stderr)
         return 1

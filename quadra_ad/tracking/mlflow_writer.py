@@ -41,6 +41,34 @@ def sqlite_database(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def sqlite_store_problem(database: Path) -> str | None:
+    """Why ``database`` cannot be an existing MLflow store (None when it may be one).
+
+    Checked before MLflow opens it: MLflow would turn an empty file into a fresh store and
+    answer a damaged one with a traceback.
+    """
+    if not database.is_file():
+        return "does not exist"
+    if database.stat().st_size == 0:
+        return "is empty (0 bytes), not an MLflow store"
+    with database.open("rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            return "is not a SQLite database (damaged, or another kind of file)"
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as error:
+        return f"cannot be read as SQLite ({error})"
+    if not {"experiments", "runs"} <= tables:
+        return "is a SQLite database but not an MLflow store (it has no experiments or runs table)"
+    return None
+
+
 def _local_artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
     """For an embedded SQLite store, keep artifacts in ``mlartifacts/`` beside the database."""
     db_path = sqlite_database(tracking_uri)
