@@ -180,7 +180,8 @@ def test_inference_without_model_path_fails_with_one_line(tmp_path):
 def test_corrupt_image_read_by_a_worker_is_named_in_one_line(tmp_path):
     data = write_synthetic_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, size=16)
     corrupt = data / "test" / "good" / "001.png"
-    corrupt.write_bytes(b"\x89PNG not really")
+    # Cut in half: the header (all the preflight reads) is intact, the pixels fail to decode later.
+    corrupt.write_bytes(corrupt.read_bytes()[: corrupt.stat().st_size // 2])
     result = quadra_ad(
         "experiment=base/anomaly/padim", f"datamodule.data_path={data}", "model.pre_trained=false",
         "transforms.input_size=[32,32]", "datamodule.num_workers=2", "trainer.enable_progress_bar=false",
