@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from quadra_ad.interrupts import Terminated, sigterm_received
 from quadra_ad.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Task:
             for step in (self.train, self.test, self.export, self.report):
                 log.debug("Task step: %s", step.__name__)
                 self._timed(step)
-        except KeyboardInterrupt as interrupt:
+        except (KeyboardInterrupt, Terminated) as interrupt:
             self._track_unfinished("KILLED", interrupt)
             raise
         except SystemExit as interrupt:
@@ -102,6 +103,10 @@ class Task:
             self._track_unfinished("KILLED", KeyboardInterrupt("interrupted (Ctrl-C)"))
             raise KeyboardInterrupt from interrupt
         except Exception as error:
+            if sigterm_received():
+                # A DataLoader worker killed by the same SIGTERM: the run was stopped, not broken.
+                self._track_unfinished("KILLED", Terminated("terminated by SIGTERM"))
+                raise Terminated("terminated by SIGTERM") from error
             self._track_unfinished("FAILED", error)
             raise
         self.finalize()

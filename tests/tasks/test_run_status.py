@@ -2,6 +2,7 @@
 tracking failed can be uploaded later with quadra-ad-upload."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -121,3 +122,49 @@ def test_server_down_keeps_outputs_and_the_run_uploads_later(segmentation_datase
 def test_upload_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert upload_main([str(tmp_path)]) == 2
     assert "no mlflow_run.json" in capsys.readouterr().err
+
+
+def _start_in_own_group(command, cwd, out, err):
+    # Own session: the test can signal the whole process group (the command and its DataLoader
+    # workers), as systemd, Docker and SLURM do.
+    return subprocess.Popen(command, cwd=cwd, env=quadra_ad_env(), stdout=out, stderr=err, start_new_session=True)
+
+
+def test_sigterm_to_the_process_group_during_training_ends_the_run_killed(segmentation_dataset, tmp_path):
+    command = [*QUADRA_AD, "experiment=base/anomaly/stfpm", "trainer.max_epochs=100000", "export.types=[]",
+               *fast_overrides(segmentation_dataset, tmp_path), "datamodule.num_workers=2"]
+    with (tmp_path / "stdout.txt").open("w") as out, (tmp_path / "stderr.txt").open("w") as err_file:
+        process = _start_in_own_group(command, tmp_path, out, err_file)
+        try:
+            deadline = time.monotonic() + 180
+            while not list(tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")):
+                assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+                assert time.monotonic() < deadline, "training did not start within 180 s"
+                time.sleep(0.2)
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert process.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == ("quadra-ad: terminated (SIGTERM): what the run wrote so far stays in its "
+                                            "run folder; its MLflow run is marked KILLED")
+    assert "Traceback" not in err
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("stfpm").experiment_id])
+    assert mlflow_run.info.status == "KILLED"
+    assert mlflow_run.data.tags["quadra_ad.error"].startswith("Terminated")
+
+
+def test_sigterm_during_start_up_is_one_line(segmentation_dataset, tmp_path):
+    command = [*QUADRA_AD, "experiment=base/anomaly/padim", *fast_overrides(segmentation_dataset, None)]
+    with (tmp_path / "stdout.txt").open("w") as out, (tmp_path / "stderr.txt").open("w") as err_file:
+        process = _start_in_own_group(command, tmp_path, out, err_file)
+        time.sleep(1.5)  # past the checks, inside the imports of torch and anomalib
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=120)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert process.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == "quadra-ad: terminated (SIGTERM) before the run started: nothing was written"
+    assert "Traceback" not in err
