@@ -10,8 +10,11 @@ anomalib, mlflow) is imported after that, so ``--help``, ``--cfg job`` and error
 This module is the only one of ``quadra-ad`` that prints; the package logs.
 """
 
+import logging
+import math
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import hydra
@@ -22,11 +25,19 @@ from quadra_ad.config.locations import config_dir
 from quadra_ad.config.preflight import check_group_choices, compose_checked, group_options
 from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import QuadraADError
+from quadra_ad.interrupts import Terminated, install_sigterm_handler, sigterm_received
 
 #: Set once the whole command line was checked before Hydra started the run.
 _CHECKED_BEFORE_HYDRA = False
 FAILED_MARKER = "FAILED.txt"
 INTERRUPTED_AT_START = "quadra-ad: interrupted before the run started: nothing was written"
+TERMINATED_AT_START = "quadra-ad: terminated (SIGTERM) before the run started: nothing was written"
+TERMINATED = ("quadra-ad: terminated (SIGTERM): what the run wrote so far stays in its run folder; its MLflow run "
+              "is marked KILLED")
+#: What a process stopped by SIGTERM exits with (128 + 15), as shells report it.
+EXIT_TERMINATED = 143
+#: Jobs of this multirun that failed: (which job, its error line, whether it was a user mistake).
+_FAILED_JOBS: list[tuple[str, str, bool]] = []
 
 
 def one_line(error: BaseException) -> str:
@@ -63,7 +74,7 @@ def _print_tracking(task) -> None:
         print(f"quadra-ad: to browse it: {tracked.ui_hint()}")
 
 
-def _mark_run_folder_failed(error: QuadraADError) -> None:
+def _mark_run_folder_failed(error: BaseException) -> None:
     """A job that stops on a mistake leaves its (Hydra-made) folder marked, not a silent stub."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -73,6 +84,37 @@ def _mark_run_folder_failed(error: QuadraADError) -> None:
             handle.write(f"quadra-ad: error: {one_line(error)}\n")
     except (ValueError, OSError):
         pass
+
+
+def _job_in_sweep() -> str | None:
+    """``job <n> (<its overrides>)`` inside a Hydra multirun; None in a single run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return None
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)})"
+
+
+def _record_failed_job(job: str, cfg: DictConfig, task, error: BaseException, mistake: bool) -> float:
+    """A failed sweep job is logged FAILED and reported; the sweep goes on with the next job."""
+    if task is None or (task.tracked_run is None and task.tracking_error is None):
+        from hydra.core.hydra_config import HydraConfig
+
+        from quadra_ad.tracking.run_logger import TrackingFailed, track_failed_start
+
+        try:
+            track_failed_start(cfg, Path(HydraConfig.get().runtime.output_dir), error)
+        except TrackingFailed as failure:
+            print(f"quadra-ad: {failure}", file=sys.stderr)
+    line = one_line(error) if mistake else f"{type(error).__name__}: {one_line(error)}"
+    print(f"quadra-ad: {job} failed: {line}", file=sys.stderr)
+    _FAILED_JOBS.append((job, line, mistake))
+    return math.nan
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
@@ -90,6 +132,8 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     except QuadraADError as error:
         _print_tracking(task)
         _mark_run_folder_failed(error)
+        if job := _job_in_sweep():
+            return _record_failed_job(job, cfg, task, error, mistake=True)
         _fail(error)
     except KeyboardInterrupt:
         _print_tracking(task)
@@ -99,8 +143,15 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             print("quadra-ad: interrupted: what the run wrote so far stays in its run folder; "
                   "its MLflow run is marked KILLED", file=sys.stderr)
         sys.exit(130)
-    except BaseException:
+    except BaseException as error:
         _print_tracking(task)
+        if sigterm_received():
+            print(TERMINATED_AT_START if task is None else TERMINATED, file=sys.stderr)
+            sys.exit(EXIT_TERMINATED)
+        if isinstance(error, Exception) and (job := _job_in_sweep()):
+            logging.getLogger(__name__).error("%s crashed", job, exc_info=True)  # the job's log keeps the trace
+            _mark_run_folder_failed(error)
+            return _record_failed_job(job, cfg, task, error, mistake=False)
         raise
     print(f"quadra-ad: run folder {task.output_dir}")
     _print_tracking(task)
@@ -136,6 +187,7 @@ def main() -> None:
     if args[:1] == ["--list"]:
         _print_group(args[1] if len(args) > 1 else "experiment")
         return
+    install_sigterm_handler()
     try:
         check_group_choices(args)
         register_experiment_sources()
@@ -147,4 +199,13 @@ def main() -> None:
     except KeyboardInterrupt:
         print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print(TERMINATED_AT_START, file=sys.stderr)
+        sys.exit(EXIT_TERMINATED)
     _hydra_entry()
+    if _FAILED_JOBS:
+        print(f"quadra-ad: {len(_FAILED_JOBS)} sweep job{'s' if len(_FAILED_JOBS) > 1 else ''} failed; the others ran:",
+              file=sys.stderr)
+        for job, line, _ in _FAILED_JOBS:
+            print(f"quadra-ad: failed: {job}: {line}", file=sys.stderr)
+        sys.exit(2 if all(mistake for _, _, mistake in _FAILED_JOBS) else 1)

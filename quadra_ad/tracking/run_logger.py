@@ -106,6 +106,19 @@ def track_run(
 REQUEST_FILE = "mlflow_run.json"
 
 
+def track_failed_start(config: DictConfig, output_dir: Path, error: BaseException):
+    """Log a FAILED run for a job that stopped before its task could log anything (a sweep job
+    whose data or settings were refused), so a sweep's experiment lists every job it ran."""
+    target = str((config.get("task") or {}).get("_target_", "task"))
+    tags = base_tags(config, output_dir, target.rsplit(".", 1)[-1])
+    model = (config.get("model") or {}).get("_target_")
+    if model:
+        tags["quadra_ad.model"] = str(model).rsplit(".", 1)[-1]
+    text = str(error).strip()
+    tags["quadra_ad.error"] = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+    return track_run(config, output_dir, {}, [], tags, status="FAILED")
+
+
 class TrackingFailed(Exception):
     """A run could not be logged; its message is one line saying how to log it later."""
 

@@ -87,3 +87,25 @@ def test_two_model_sweep_is_logged_read_back_and_compared(tracking_uri, tmp_path
     markdown_rows = [line for line in (out / "runs.md").read_text().splitlines() if line.startswith("| Pa")]
     assert len(markdown_rows) == 2
     assert (out / "image_AUROC_by_model.png").stat().st_size > 0
+
+
+def test_a_failing_job_is_logged_failed_and_the_sweep_goes_on(tmp_path):
+    from quadra_ad.testing.synthetic import write_synthetic_dataset
+
+    good = write_synthetic_dataset(tmp_path / "good", n_train=4, n_test_good=2, n_test_defect=2, size=32)
+    missing = tmp_path / "missing"
+    sweep = quadra_ad(
+        "-m", "experiment=base/anomaly/padim", f"datamodule.data_path={missing},{good}", "backbone.pre_trained=false",
+        "transforms.input_size=[32,32]", "export.types=[]", "trainer.enable_progress_bar=false",
+        "datamodule.num_workers=0", cwd=tmp_path,
+    )
+    assert sweep.returncode == 2, sweep.stderr[-3000:]  # a job failed on a user mistake
+    summary = [line for line in sweep.stderr.splitlines() if line.startswith("quadra-ad: failed: ")]
+    assert len(summary) == 1 and summary[0].startswith("quadra-ad: failed: job 0 (")
+    assert f"datamodule.data_path '{missing}' does not exist" in summary[0]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name.startswith("sweep_")]
+    runs = {run.info.status: run for run in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"FAILED", "FINISHED"}  # the second job ran after the first failed
+    assert runs["FAILED"].data.tags["quadra_ad.error"].startswith("DatasetError: datamodule.data_path")
+    assert runs["FINISHED"].data.params["datamodule.data_path"] == str(good)
