@@ -5,9 +5,12 @@ it only costs the MLflow copy, and the caller reports it in one line.
 """
 
 import logging
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +107,47 @@ def check_server_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
         raise ConnectionError(f"no MLflow server answers at {tracking_uri} ({reason})") from error
 
 
+def check_sqlite_store_writable(tracking_uri: str) -> None:
+    """Fail in a second, not after MLflow's ~100 s of retries, when an embedded store cannot be written."""
+    database = sqlite_database(tracking_uri)
+    if database is None:
+        return
+    folder = database.parent
+    if not folder.is_dir():
+        raise ConnectionError(f"the folder of the MLflow store '{database}' does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        if database.exists():
+            with database.open("r+b"):
+                pass
+    except OSError:
+        raise ConnectionError(f"the MLflow store '{database}' cannot be written (its folder takes no new files, or "
+                              f"the file is read-only)") from None
+
+
+@contextmanager
+def _one_writer_at_a_time(tracking_uri: str) -> Iterator[None]:
+    """Across processes, one writer at a time in an embedded store (a lock file beside it).
+
+    Several jobs of a sweep creating a fresh ``mlflow.db`` at once otherwise race through its
+    schema migrations (2 of 3 failed with ``table ... already exists``), or create the same
+    experiment twice. Other URIs need no lock.
+    """
+    database = sqlite_database(tracking_uri)
+    if database is None:
+        yield
+        return
+    import fcntl
+
+    with open(database.with_name(database.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def log_run(
     tracking_uri: str,
     experiment_name: str,
@@ -123,26 +167,30 @@ def log_run(
     A failure after the run exists marks it FAILED before re-raising.
     """
     check_server_reachable(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment_id = _experiment_id(client, tracking_uri, experiment_name, artifact_location)
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
+    check_sqlite_store_writable(tracking_uri)
+    with _one_writer_at_a_time(tracking_uri):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        experiment_id = _experiment_id(client, tracking_uri, experiment_name, artifact_location)
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
     run_id = run.info.run_id
     try:
         param_items = [Param(k, v) for k, v in params.items()]
-        for start in range(0, len(param_items), _BATCH):
-            client.log_batch(run_id, params=param_items[start : start + _BATCH])
         now_ms = int(time.time() * 1000)
         metric_items = [Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
         for name, points in (metric_history or {}).items():
             metric_items += [Metric(name, float(value), now_ms, int(step)) for step, value in points]
-        for start in range(0, len(metric_items), _BATCH):
-            client.log_batch(run_id, metrics=metric_items[start : start + _BATCH])
-        for artifact in artifacts:
+        with _one_writer_at_a_time(tracking_uri):
+            for start in range(0, len(param_items), _BATCH):
+                client.log_batch(run_id, params=param_items[start : start + _BATCH])
+            for start in range(0, len(metric_items), _BATCH):
+                client.log_batch(run_id, metrics=metric_items[start : start + _BATCH])
+        for artifact in artifacts:  # files, not the database: no lock
             if artifact.is_dir():
                 client.log_artifacts(run_id, str(artifact), artifact_path=artifact.name)
             elif artifact.is_file():
                 client.log_artifact(run_id, str(artifact))
-        client.set_terminated(run_id, status)
+        with _one_writer_at_a_time(tracking_uri):
+            client.set_terminated(run_id, status)
     except BaseException:
         try:
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))

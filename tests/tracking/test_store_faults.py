@@ -1,0 +1,41 @@
+"""The embedded store under faults: a store nobody can write is reported in a second, and several
+processes creating a fresh ``mlflow.db`` at once all get their runs logged."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from quadra_ad.tracking.mlflow_writer import log_run
+
+WRITER = (
+    "import sys\n"
+    "from quadra_ad.tracking.mlflow_writer import log_run\n"
+    "log_run(sys.argv[1], 'parallel', 'job_' + sys.argv[2], {'job': sys.argv[2]}, {'image_AUROC': 0.5}, [])\n"
+)
+
+
+def test_a_store_nobody_can_write_is_refused_in_a_second():
+    # /proc takes no new files, even from root; MLflow itself retries there for about 100 s.
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"the MLflow store '/proc/mlflow.db' cannot be written"):
+        log_run("sqlite:////proc/mlflow.db", "x", "r", {}, {}, [])
+    assert time.monotonic() - started < 5
+
+
+def test_a_store_in_a_missing_folder_is_refused_at_once(tmp_path):
+    with pytest.raises(ConnectionError, match="does not exist"):
+        log_run(f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}", "x", "r", {}, {}, [])
+
+
+def test_processes_creating_a_fresh_store_at_once_all_log_their_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(i)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in range(3)]
+    results = [(w.wait(timeout=300), w.stderr.read()) for w in writers]
+    assert [code for code, _ in results] == [0, 0, 0], [err[-1500:] for _, err in results]
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
+    assert sorted(run.data.params["job"] for run in runs) == ["0", "1", "2"]
