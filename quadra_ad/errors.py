@@ -20,3 +20,7 @@ class DatasetError(QuadraADError):
 
 class ExportError(QuadraADError):
     """A model cannot be exported in the requested format."""
+
+
+class DiskFullError(QuadraADError):
+    """The disk of the run folder filled up: what was written before is complete and kept."""

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quadra_ad.tracking.run_logger import REQUEST_FILE, TrackingFailed, upload_request
+from quadra_ad.tracking.run_logger import REQUEST_FILE, DamagedRecord, TrackingFailed, upload_request
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,16 +26,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import json
 
-    logged = json.loads(request.read_text(encoding="utf-8")).get("logged_run_id")
+    try:
+        logged = json.loads(request.read_text(encoding="utf-8")).get("logged_run_id")
+    except (OSError, ValueError, AttributeError):
+        logged = None  # upload_request says what is wrong with it
     if logged and not args.force:
         print(f"quadra-ad-upload: error: '{args.run_folder}' is already logged as MLflow run {logged}; "
               f"add --force to log it again", file=sys.stderr)
         return 2
     try:
         tracked = upload_request(request, args.tracking_uri, args.experiment_name)
+    except DamagedRecord as damaged:
+        print(f"quadra-ad-upload: error: {damaged}: the run cannot be uploaded from it (it was cut short, e.g. "
+              f"by a full disk); its other files are in '{args.run_folder}'", file=sys.stderr)
+        return 2
     except TrackingFailed as failure:
         print(f"quadra-ad-upload: {failure}", file=sys.stderr)
         return 1
+    if tracked.missing_artifacts:
+        print(f"quadra-ad-upload: not in the folder, so not uploaded: {', '.join(tracked.missing_artifacts)}",
+              file=sys.stderr)
     print(f"quadra-ad-upload: logged MLflow run {tracked.run_id} ({tracked.status}) in experiment "
           f"'{tracked.experiment_name}' at {tracked.tracking_uri}")
     print(f"quadra-ad-upload: to browse it: {tracked.ui_hint()}")

@@ -13,6 +13,7 @@ import numpy as np
 
 from quadra_ad.datamodules.anomaly import AnomalyDataModule
 from quadra_ad.errors import DatasetError
+from quadra_ad.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def write_digit_anomaly_folder(
         for i in _take(rng, np.flatnonzero(test_labels == digit), per_digit):
             _write(root / "test" / str(digit), f"{i:05d}.png", test_images[i])
             _write(root / "ground_truth" / str(digit), f"{i:05d}_mask.png", np.full_like(test_images[i], 255))
-    (root / _DONE_MARKER).write_text("written by quadra_ad\n")
+    write_text(root / _DONE_MARKER, "written by quadra_ad\n")
     return root
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from quadra_ad.errors import ConfigError
+from quadra_ad.files import write_text
 from quadra_ad.thresholds import Calibration
 
 MODEL_JSON = "model.json"
@@ -85,9 +86,7 @@ class ModelCard:
         return file_sha256(graph_file) in self.sha256.values()
 
     def write(self, folder: Path) -> Path:
-        path = Path(folder) / MODEL_JSON
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-        return path
+        return write_text(Path(folder) / MODEL_JSON, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> "ModelCard":

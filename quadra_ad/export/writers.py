@@ -3,6 +3,8 @@
 Both have a dynamic batch dimension; the spatial size is fixed to the training input size.
 """
 
+import errno
+import io
 import logging
 import warnings
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from quadra_ad.deploy.model_card import VALID_AREA_MASK
 from quadra_ad.deploy.runners import OnnxModel, TorchScriptModel
 from quadra_ad.errors import ConfigError, ExportError
 from quadra_ad.export.graph import INPUT_NAME, OUTPUT_NAMES, AnomalyGraph
+from quadra_ad.files import atomic_path, disk_is_full
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,11 @@ def export_torchscript(graph: AnomalyGraph, example: torch.Tensor, folder: Path)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
         traced = torch.jit.trace(graph, example, check_trace=False)
-    traced.save(str(path))
+    # To memory first: torch's own file writer aborts the whole process when the disk fills up.
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(buffer.getbuffer())
     return path
 
 
@@ -55,25 +62,26 @@ def export_onnx(
     conversion fails it keeps 18 without saying so, hence the check of the written opset.
     """
     path = folder / "model.onnx"
-    with torch.no_grad(), warnings.catch_warnings(), _at_least_warning(CHATTY_ONNX_LOGGERS):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},) if dynamic else None,
-            opset_version=opset_version,
-            external_data=False,
-            verbose=False,
-        )
-    written = written_opset(path)
-    if opset_version is not None and written != opset_version:
-        raise ExportError(
-            f"export.onnx_opset={opset_version}: the ONNX exporter could not convert this model to that opset "
-            f"(it wrote opset {written}); use export.onnx_opset={written} or leave it null"
-        )
+    with atomic_path(path) as temporary:
+        with torch.no_grad(), warnings.catch_warnings(), _at_least_warning(CHATTY_ONNX_LOGGERS):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(temporary),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},) if dynamic else None,
+                opset_version=opset_version,
+                external_data=False,
+                verbose=False,
+            )
+        written = written_opset(temporary)
+        if opset_version is not None and written != opset_version:  # refused before it takes the file's name
+            raise ExportError(
+                f"export.onnx_opset={opset_version}: the ONNX exporter could not convert this model to that opset "
+                f"(it wrote opset {written}); use export.onnx_opset={written} or leave it null"
+            )
     return path
 
 
@@ -162,6 +170,8 @@ def export_graph(
                                   f"remove '{export_type}' from export.types to skip it")
             written[export_type] = (path, 1)
         except (RuntimeError, torch.jit.Error, NotImplementedError) as error:
+            if disk_is_full(error, folder):
+                raise OSError(errno.ENOSPC, f"no space left writing the {export_type} export in '{folder}'") from error
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ExportError(f"export to {export_type} failed for this model: {first_line}; "
                               f"remove '{export_type}' from export.types to skip it") from error
@@ -177,6 +187,7 @@ def write_valid_area_mask(preparation, folder: Path) -> Path | None:
     import numpy as np
 
     path = Path(folder) / VALID_AREA_MASK
-    if not cv2.imwrite(str(path), preparation.valid_area.numpy().astype(np.uint8) * 255):
-        raise ExportError(f"cannot write the valid area mask to '{path}'")
+    with atomic_path(path) as temporary:
+        if not cv2.imwrite(str(temporary), preparation.valid_area.numpy().astype(np.uint8) * 255):
+            raise OSError(f"cannot write the valid area mask to '{path}'")
     return path

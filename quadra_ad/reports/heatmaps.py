@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from quadra_ad.datamodules.dataset import ImagePreparation
 from quadra_ad.datamodules.images import read_image
+from quadra_ad.files import atomic_path
 from quadra_ad.scored_set import ScoredSet
 from quadra_ad.thresholds import Calibration
 
@@ -97,7 +98,7 @@ def write_heatmaps(scored: ScoredSet, preparation: ImagePreparation, output_dir:
         strip = _strip(_to_bgr(preparation.display_image(original, path)), anomaly_map, pred_mask, true_mask, settings, caption)
         target = output_dir / HEATMAPS_DIR / scored.defect_types[i]
         target.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(target / f"{path.stem}.png"), strip)
+        write_image(target / f"{path.stem}.png", strip)
         if settings.raw_outputs:
             _write_raw(scored.maps[i], preparation.region_size(original, path), mask_threshold,
                        output_dir / RAW_OUTPUTS_DIR / scored.defect_types[i], path.stem)
@@ -108,5 +109,13 @@ def write_heatmaps(scored: ScoredSet, preparation: ImagePreparation, output_dir:
 def _write_raw(anomaly_map: torch.Tensor, size: tuple[int, int], pixel_threshold: float, folder: Path, stem: str) -> None:
     full = F.interpolate(anomaly_map[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
     folder.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(folder / f"{stem}_anomaly_map.tiff"), full.astype(np.float32))
-    cv2.imwrite(str(folder / f"{stem}_pred_mask.png"), ((full >= pixel_threshold) * 255).astype(np.uint8))
+    write_image(folder / f"{stem}_anomaly_map.tiff", full.astype(np.float32))
+    write_image(folder / f"{stem}_pred_mask.png", ((full >= pixel_threshold) * 255).astype(np.uint8))
+
+
+def write_image(path: Path, array: np.ndarray) -> Path:
+    """``cv2.imwrite`` whole or not at all; OpenCV reports a failed write only by returning False."""
+    with atomic_path(path) as temporary:
+        if not cv2.imwrite(str(temporary), array):
+            raise OSError(f"cannot write image '{path}'")
+    return path

@@ -11,6 +11,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from quadra_ad.files import atomic_path
+
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 SCORE_HISTOGRAM_PNG = "score_histogram.png"
 
@@ -29,7 +31,7 @@ def plot_confusion_matrix(counts: dict[str, int], path: Path) -> Path:
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    _save(figure, path)
     return Path(path)
 
 
@@ -52,7 +54,7 @@ def plot_score_histogram(scores: list[float], labels: list[int | None], threshol
     axis.set_ylabel("images")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    _save(figure, path)
     return Path(path)
 
 
@@ -74,5 +76,10 @@ def plot_metric_by_model(runs: list[tuple[str, str, float]], metric: str, path: 
     axis.legend(handles=[Rectangle((0, 0), 1, 1, color=colours[m]) for m in models], labels=models,
                 fontsize=7, loc="lower right")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    _save(figure, path)
     return Path(path)
+
+
+def _save(figure: Figure, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format=Path(path).suffix.lstrip(".") or "png")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quadra_ad.files import atomic_path, write_text
 from quadra_ad.metrics import Metrics
 from quadra_ad.scored_set import ScoredSet
 from quadra_ad.thresholds import Calibration
@@ -23,7 +24,7 @@ def write_predictions(scored: ScoredSet, path: Path, threshold: float, normaliza
     defines the normalised score, so 0.5 there is always the training threshold.
     """
     normalized = normalization.normalize(np.asarray(scored.scores, dtype=np.float64))
-    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for i, image_path in enumerate(scored.image_paths):
@@ -48,5 +49,4 @@ def write_metrics(metrics: Metrics, path: Path) -> Path:
     clean.update({name: None for name in metrics.not_applicable})
     if metrics.not_applicable:
         clean["not_applicable"] = dict(sorted(metrics.not_applicable.items()))
-    Path(path).write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return Path(path)
+    return write_text(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")

@@ -19,12 +19,11 @@ from quadra_ad.metrics import scored_set_metrics
 from quadra_ad.reports.heatmaps import HEATMAPS_DIR, RAW_OUTPUTS_DIR, HeatmapSettings, write_heatmaps
 from quadra_ad.reports.report import write_report
 from quadra_ad.scored_set import ScoredSet, concat_scored_sets
-from quadra_ad.tasks.base import Task
+from quadra_ad.tasks.base import RESOLVED_CONFIG, Task
 from quadra_ad.thresholds import Calibration, calibrate
 
 log = logging.getLogger(__name__)
 
-RESOLVED_CONFIG = "config_resolved.yaml"
 THRESHOLD_TYPES = ("image", "pixel")
 
 
@@ -71,7 +70,7 @@ class AnomalyInferenceTask(Task):
         self.report_files: list[Path] = []
 
     def prepare(self) -> None:
-        OmegaConf.save(self.config, self.output_dir / RESOLVED_CONFIG, resolve=True)
+        self.save_resolved_config()
         self.model: ExportedModel = load_exported_model(self.model_path, self.device)
         card = self.model.card
         if card.input_channels != 3:

@@ -23,7 +23,7 @@ from quadra_ad.models.trainer_arguments import merge_trainer_arguments
 from quadra_ad.reports.heatmaps import HEATMAPS_DIR, RAW_OUTPUTS_DIR
 from quadra_ad.reports.report import write_report
 from quadra_ad.scored_set import concat_scored_sets
-from quadra_ad.tasks.base import Task
+from quadra_ad.tasks.base import RESOLVED_CONFIG, Task
 from quadra_ad.thresholds import Calibration
 from quadra_ad.tracking.lightning_history import read_lightning_history
 from quadra_ad.versions import package_versions
@@ -31,7 +31,6 @@ from quadra_ad.versions import package_versions
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_FOLDER = "deployment_model"
-RESOLVED_CONFIG = "config_resolved.yaml"
 
 
 class AnomalyTrainingTask(Task):
@@ -47,7 +46,7 @@ class AnomalyTrainingTask(Task):
     # -- lifecycle -------------------------------------------------------------------------
     def prepare(self) -> None:
         cfg = self.config
-        OmegaConf.save(cfg, self.output_dir / RESOLVED_CONFIG, resolve=True)
+        self.save_resolved_config()
         export_cfg = cfg.get("export") or {}
         check_export_config(list(export_cfg.get("types") or []), export_cfg.get("onnx_opset"))
         self.datamodule = instantiate_node(cfg, "datamodule")
@@ -68,7 +67,7 @@ class AnomalyTrainingTask(Task):
         # config_resolved.yaml then say what ran, not "null".
         with open_dict(cfg):
             cfg.trainer = merge_trainer_arguments(cfg.trainer, self.model)
-        OmegaConf.save(cfg, self.output_dir / RESOLVED_CONFIG, resolve=True)
+        self.save_resolved_config()
         self.trainer = instantiate_node(
             cfg,
             "trainer",

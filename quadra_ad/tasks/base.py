@@ -11,14 +11,18 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from quadra_ad.errors import DiskFullError
+
+from quadra_ad.files import disk_is_full, write_text
 from quadra_ad.interrupts import Terminated, sigterm_received
 from quadra_ad.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 TIMINGS_FILE = "timings.json"
+RESOLVED_CONFIG = "config_resolved.yaml"
 
 
 class Task:
@@ -90,7 +94,12 @@ class Task:
 
     def execute(self) -> None:
         """Run every step in order; an interrupted or failed run is still tracked."""
-        self._timed(self.prepare)
+        try:
+            self._timed(self.prepare)
+        except Exception as error:
+            if disk_is_full(error, self.output_dir):
+                raise self._disk_full(error) from error
+            raise
         try:
             for step in (self.train, self.test, self.export, self.report):
                 log.debug("Task step: %s", step.__name__)
@@ -107,9 +116,28 @@ class Task:
                 # A DataLoader worker killed by the same SIGTERM: the run was stopped, not broken.
                 self._track_unfinished("KILLED", Terminated("terminated by SIGTERM"))
                 raise Terminated("terminated by SIGTERM") from error
+            if disk_is_full(error, self.output_dir):
+                error = self._disk_full(error)
             self._track_unfinished("FAILED", error)
+            if isinstance(error, DiskFullError):
+                raise error
             raise
         self.finalize()
+
+    def save_resolved_config(self) -> Path:
+        """``config_resolved.yaml``: the config with every interpolation resolved, as run."""
+        return write_text(self.output_dir / RESOLVED_CONFIG, OmegaConf.to_yaml(self.config, resolve=True))
+
+    def _disk_full(self, error: BaseException) -> DiskFullError:
+        kept = sorted(p.relative_to(self.output_dir).as_posix() for p in self.output_dir.rglob("*")
+                      if p.is_file() and not p.name.startswith("."))
+        shown = ", ".join(kept[:6]) + (f" and {len(kept) - 6} more" if len(kept) > 6 else "")
+        return DiskFullError(
+            f"no space left on the disk of '{self.output_dir}' ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'write failed'}); the files written "
+            f"before are complete and kept ({shown or 'none'}); free space, then log the run with: "
+            f"quadra-ad-upload {self.output_dir}"
+        )
 
     def _timed(self, step) -> None:
         started = time.perf_counter()
@@ -117,7 +145,7 @@ class Task:
             step()
         finally:
             self.timings[step.__name__] = round(time.perf_counter() - started, 3)
-            (self.output_dir / TIMINGS_FILE).write_text(json.dumps(self.timings, indent=2) + "\n", encoding="utf-8")
+            write_text(self.output_dir / TIMINGS_FILE, json.dumps(self.timings, indent=2) + "\n")
 
     def _track_unfinished(self, status: str, error: BaseException) -> None:
         try:

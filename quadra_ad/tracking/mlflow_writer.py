@@ -31,6 +31,8 @@ class TrackedRun:
     experiment_id: str
     run_id: str
     status: str = "FINISHED"
+    #: Artifacts the run record named that were no longer in the run folder (not uploaded).
+    missing_artifacts: tuple[str, ...] = ()
 
     def ui_hint(self) -> str:
         if self.tracking_uri.startswith(("http://", "https://")):

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 import quadra_ad
+from quadra_ad.files import write_text
 from quadra_ad.tracking.params import flatten_config
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,12 @@ def track_run(
         "status": status,
     }
     request_path = Path(output_dir) / REQUEST_FILE
-    request_path.write_text(json.dumps(request, indent=2) + "\n", encoding="utf-8")
+    try:
+        write_text(request_path, json.dumps(request, indent=2) + "\n")
+    except OSError as error:
+        # A full disk in the run folder must not also cost the MLflow run: log it from memory.
+        log.warning("could not save %s (%s): logging the run without it", request_path, error)
+        return _log_request(request, Path(output_dir), None)
     return upload_request(request_path)
 
 
@@ -128,25 +134,46 @@ def _default_run_name(tags: dict[str, str], output_dir: Path) -> str:
     return f"{tags.get('quadra_ad.model') or tags.get('quadra_ad.task', 'run')}_{Path(output_dir).name}"
 
 
+#: What a run record must hold to be uploaded.
+RECORD_KEYS = ("tracking_uri", "experiment_name", "params", "metrics", "artifacts", "tags")
+
+
+class DamagedRecord(Exception):
+    """A ``mlflow_run.json`` that cannot be read (cut short by a full disk, edited by hand)."""
+
+
 def upload_request(request_path: Path, tracking_uri: str | None = None, experiment_name: str | None = None):
     """Log the run described by a ``mlflow_run.json``; return its TrackedRun.
 
-    Raises TrackingFailed, with the one line to show, when the run cannot be logged.
+    Raises DamagedRecord when the file cannot be read, TrackingFailed (with the one line to show)
+    when the run cannot be logged. Artifacts the record names but the folder no longer holds are
+    left out and listed in ``TrackedRun.missing_artifacts``.
     """
-    request = json.loads(Path(request_path).read_text(encoding="utf-8"))
-    run_dir = Path(request_path).parent
+    try:
+        request = json.loads(Path(request_path).read_text(encoding="utf-8"))
+        missing = [key for key in RECORD_KEYS if key not in request]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DamagedRecord(f"'{request_path}' cannot be read as a run record ({type(error).__name__}: "
+                            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'empty'})") from None
     request["tracking_uri"] = tracking_uri or request["tracking_uri"]
     request["experiment_name"] = experiment_name or request["experiment_name"]
+    return _log_request(request, Path(request_path).parent, Path(request_path))
+
+
+def _log_request(request: dict, run_dir: Path, request_path: Path | None):
     try:
         from quadra_ad.tracking.mlflow_writer import log_run
 
+        present = [p for p in request["artifacts"] if (run_dir / p).exists()]
         tracked = log_run(
             tracking_uri=request["tracking_uri"],
             experiment_name=request["experiment_name"],
             run_name=request.get("run_name"),
             params=request["params"],
             metrics=request["metrics"],
-            artifacts=[run_dir / p for p in request["artifacts"] if (run_dir / p).exists()],
+            artifacts=[run_dir / p for p in present],
             tags=request["tags"],
             artifact_location=request.get("artifact_location"),
             metric_history={k: [tuple(p) for p in v] for k, v in request.get("metric_history", {}).items()},
@@ -159,8 +186,13 @@ def upload_request(request_path: Path, tracking_uri: str | None = None, experime
             f"MLflow tracking failed ({type(error).__name__}: {first_line}); all outputs are safe in "
             f"{run_dir}; log them later with: quadra-ad-upload {run_dir}"
         ) from error
-    request["logged_run_id"] = tracked.run_id
-    Path(request_path).write_text(json.dumps(request, indent=2) + "\n", encoding="utf-8")
+    tracked.missing_artifacts = tuple(p for p in request["artifacts"] if p not in present)
+    if request_path is not None:
+        request["logged_run_id"] = tracked.run_id
+        try:
+            write_text(request_path, json.dumps(request, indent=2) + "\n")
+        except OSError:
+            log.warning("run %s is logged, but %s could not note it (disk full?)", tracked.run_id, request_path)
     log.debug("Logged MLflow run %s (%s) in experiment '%s' at %s", tracked.run_id, tracked.status,
               tracked.experiment_name, tracked.tracking_uri)
     return tracked

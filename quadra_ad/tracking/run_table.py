@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quadra_ad.errors import QuadraADError
+from quadra_ad.files import atomic_path, write_text
 
 #: Columns every run has, by the name a user types; value = how to read it from a run.
 BUILTIN_COLUMNS = {
@@ -197,7 +198,7 @@ def _header(column: str) -> str:
 # -- writers ---------------------------------------------------------------------------------
 def to_csv(table: RunTable, path: Path) -> Path:
     """Full values (no shortening), one row per run, best first."""
-    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow([_header(c) for c in table.columns])
         for row in table.rows:
@@ -214,7 +215,7 @@ def to_markdown(table: RunTable, path: Path | None = None, title: str | None = N
         lines.append("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in table.columns) + " |")
     text = "\n".join(lines) + "\n"
     if path is not None:
-        Path(path).write_text(text, encoding="utf-8")
+        write_text(path, text)
     return text
 
 
