@@ -201,3 +201,27 @@ def test_model_json_without_its_pixel_keys_is_refused(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps(values))
     with pytest.raises(KeyError, match="pixel_threshold"):
         ModelCard.read(tmp_path / "model.json")
+
+
+def test_a_score_equal_to_the_threshold_is_anomalous_on_every_path(tmp_path):
+    import csv
+
+    from quadra_ad.reports.predictions import write_predictions
+    from quadra_ad.scored_set import ScoredSet
+
+    # float32 scores as the models give them; the threshold is one of them (as the F1 rule picks it).
+    scores = torch.tensor([10.104093, 10.104094, 10.104095, 3.0], dtype=torch.float32)
+    labels = torch.tensor([0, 1, 1, 0])
+    threshold = f1_optimal_threshold(scores, labels)
+    assert threshold == float(scores[1])
+    metrics = image_metrics(scores, labels, threshold)
+    assert (metrics["image_tp"], metrics["image_fp"]) == (2, 0)  # the tie counts as anomalous
+    scored = ScoredSet()
+    scored.add_batch([f"/d/test/x/{i}.png" for i in range(4)], labels, scores, None, None)
+    write_predictions(scored, tmp_path / "predictions.csv", threshold, Calibration(threshold, 3.0, 10.2))
+    with (tmp_path / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["predicted_label"] for row in rows] == ["0", "1", "1", "0"]
+    # The CSV holds the float32 values themselves: re-deciding from the text gives the same labels.
+    redone = [int(np.float32(row["raw_score"]) >= np.float32(row["threshold"])) for row in rows]
+    assert redone == [0, 1, 1, 0]

@@ -34,10 +34,10 @@ def write_predictions(scored: ScoredSet, path: Path, threshold: float, normaliza
                 image_path,
                 scored.defect_types[i],
                 "" if label is None else label,
-                f"{score:.8g}",
+                f"{score:.9g}",  # 9 digits: the float32 score itself, so the CSV decides as the run did
                 f"{float(normalized[i]):.8g}",
                 int(score >= threshold),
-                f"{threshold:.8g}",
+                f"{threshold:.9g}",
             ])
     return Path(path)
 
