@@ -100,6 +100,7 @@ class Task:
             if disk_is_full(error, self.output_dir):
                 raise self._disk_full(error) from error
             raise
+        self._save_running_record()
         try:
             for step in (self.train, self.test, self.export, self.report):
                 log.debug("Task step: %s", step.__name__)
@@ -123,6 +124,15 @@ class Task:
                 raise error
             raise
         self.finalize()
+
+    def _save_running_record(self) -> None:
+        """The run record, as RUNNING, before any result: a run killed without a word can still be uploaded."""
+        from quadra_ad.tracking.run_logger import save_running_record
+
+        try:
+            save_running_record(self.config, self.output_dir, self.tracking_tags())
+        except Exception:  # noqa: BLE001 - a record is a safety net, never a reason to stop
+            log.debug("could not save the RUNNING run record", exc_info=True)
 
     def save_resolved_config(self) -> Path:
         """``config_resolved.yaml``: the config with every interpolation resolved, as run."""

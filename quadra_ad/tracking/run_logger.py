@@ -19,6 +19,12 @@ from quadra_ad.tracking.params import flatten_config
 
 log = logging.getLogger(__name__)
 
+REQUEST_FILE = "mlflow_run.json"
+#: The status of a record written when the run started and never completed.
+RUNNING = "RUNNING"
+#: What a record still RUNNING is logged as: the process stopped without saying how.
+STOPPED_WITHOUT_A_WORD = "the run stopped without finishing (process killed, or the machine went down)"
+
 
 def _git_commit(folder: Path) -> str:
     """Commit of the git checkout ``folder`` is in, or '' when there is none."""
@@ -66,6 +72,39 @@ def base_tags(config: DictConfig, output_dir: Path, task_name: str) -> dict[str,
     return tags
 
 
+def build_record(config: DictConfig, output_dir: Path, metrics: dict[str, float], artifacts: list[Path],
+                 tags: dict[str, str], metric_history: dict | None = None, status: str = "FINISHED") -> dict | None:
+    """What ``mlflow_run.json`` holds for a run (None when no MLflow logger is configured)."""
+    mlflow_cfg = (config.get("logger") or {}).get("mlflow")
+    if not mlflow_cfg:
+        return None
+    return {
+        "tracking_uri": str(mlflow_cfg.tracking_uri),
+        "experiment_name": str(mlflow_cfg.experiment_name),
+        "run_name": mlflow_cfg.get("run_name") or _default_run_name(tags, output_dir),
+        "params": flatten_config(config),
+        "metrics": metrics,
+        "artifacts": [str(p.relative_to(output_dir)) for p in artifacts if p.exists()]
+        if config.core.get("upload_artifacts", True) else [],
+        "tags": tags,
+        "artifact_location": mlflow_cfg.get("artifact_location"),
+        "metric_history": metric_history or {},
+        "status": status,
+    }
+
+
+def save_running_record(config: DictConfig, output_dir: Path, tags: dict[str, str]) -> None:
+    """Write ``mlflow_run.json`` as RUNNING when the run starts, before any other result: a process
+    that dies without a word (SIGKILL, power loss) still leaves a record to upload. Best effort."""
+    request = build_record(config, output_dir, {}, [], tags, status=RUNNING)
+    if request is None:
+        return
+    try:
+        write_text(Path(output_dir) / REQUEST_FILE, json.dumps(request, indent=2) + "\n")
+    except OSError as error:
+        log.warning("could not save the run record in %s (%s)", output_dir, error)
+
+
 def track_run(
     config: DictConfig,
     output_dir: Path,
@@ -82,23 +121,10 @@ def track_run(
     :class:`TrackingFailed` says so. The outputs are already on disk and stay there whatever
     happens here.
     """
-    mlflow_cfg = (config.get("logger") or {}).get("mlflow")
-    if not mlflow_cfg:
+    request = build_record(config, output_dir, metrics, artifacts, tags, metric_history, status)
+    if request is None:
         log.info("No logger.mlflow configured: the run is on disk only.")
         return None
-    request = {
-        "tracking_uri": str(mlflow_cfg.tracking_uri),
-        "experiment_name": str(mlflow_cfg.experiment_name),
-        "run_name": mlflow_cfg.get("run_name") or _default_run_name(tags, output_dir),
-        "params": flatten_config(config),
-        "metrics": metrics,
-        "artifacts": [str(p.relative_to(output_dir)) for p in artifacts if p.exists()]
-        if config.core.get("upload_artifacts", True) else [],
-        "tags": tags,
-        "artifact_location": mlflow_cfg.get("artifact_location"),
-        "metric_history": metric_history or {},
-        "status": status,
-    }
     request_path = Path(output_dir) / REQUEST_FILE
     try:
         write_text(request_path, json.dumps(request, indent=2) + "\n")
@@ -107,9 +133,6 @@ def track_run(
         log.warning("could not save %s (%s): logging the run without it", request_path, error)
         return _log_request(request, Path(output_dir), None)
     return upload_request(request_path)
-
-
-REQUEST_FILE = "mlflow_run.json"
 
 
 def track_failed_start(config: DictConfig, output_dir: Path, error: BaseException):
@@ -159,6 +182,9 @@ def upload_request(request_path: Path, tracking_uri: str | None = None, experime
                             f"{str(error).strip().splitlines()[0] if str(error).strip() else 'empty'})") from None
     request["tracking_uri"] = tracking_uri or request["tracking_uri"]
     request["experiment_name"] = experiment_name or request["experiment_name"]
+    if request.get("status") == RUNNING:
+        request["status"] = "FAILED"
+        request["tags"] = {**request["tags"], "quadra_ad.error": STOPPED_WITHOUT_A_WORD}
     return _log_request(request, Path(request_path).parent, Path(request_path))
 
 

@@ -130,9 +130,9 @@ def _start_in_own_group(command, cwd, out, err):
     return subprocess.Popen(command, cwd=cwd, env=quadra_ad_env(), stdout=out, stderr=err, start_new_session=True)
 
 
-def test_sigterm_to_the_process_group_during_training_ends_the_run_killed(segmentation_dataset, tmp_path):
-    command = [*QUADRA_AD, "experiment=base/anomaly/stfpm", "trainer.max_epochs=100000", "export.types=[]",
-               *fast_overrides(segmentation_dataset, tmp_path), "datamodule.num_workers=2"]
+def _signal_group_once_training_runs(command, tmp_path, signum) -> tuple[int, str]:
+    """Start ``command`` in its own process group, send ``signum`` to the group once an epoch is
+    logged; return the exit code and stderr."""
     with (tmp_path / "stdout.txt").open("w") as out, (tmp_path / "stderr.txt").open("w") as err_file:
         process = _start_in_own_group(command, tmp_path, out, err_file)
         try:
@@ -141,13 +141,19 @@ def test_sigterm_to_the_process_group_during_training_ends_the_run_killed(segmen
                 assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
                 assert time.monotonic() < deadline, "training did not start within 180 s"
                 time.sleep(0.2)
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, signum)
             process.wait(timeout=120)
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
-    err = (tmp_path / "stderr.txt").read_text()
-    assert process.returncode == 143, err[-3000:]
+    return process.returncode, (tmp_path / "stderr.txt").read_text()
+
+
+def test_sigterm_to_the_process_group_during_training_ends_the_run_killed(segmentation_dataset, tmp_path):
+    command = [*QUADRA_AD, "experiment=base/anomaly/stfpm", "trainer.max_epochs=100000", "export.types=[]",
+               *fast_overrides(segmentation_dataset, tmp_path), "datamodule.num_workers=2"]
+    code, err = _signal_group_once_training_runs(command, tmp_path, signal.SIGTERM)
+    assert code == 143, err[-3000:]
     assert err.strip().splitlines()[-1] == ("quadra-ad: terminated (SIGTERM): what the run wrote so far stays in its "
                                             "run folder; its MLflow run is marked KILLED")
     assert "Traceback" not in err
@@ -168,3 +174,19 @@ def test_sigterm_during_start_up_is_one_line(segmentation_dataset, tmp_path):
     assert process.returncode == 143, err[-3000:]
     assert err.strip().splitlines()[-1] == "quadra-ad: terminated (SIGTERM) before the run started: nothing was written"
     assert "Traceback" not in err
+
+
+def test_a_run_killed_without_a_word_leaves_a_record_that_uploads_as_failed(segmentation_dataset, tmp_path):
+    command = [*QUADRA_AD, "experiment=base/anomaly/stfpm", "trainer.max_epochs=100000", "export.types=[]",
+               *fast_overrides(segmentation_dataset, None),
+               f"+logger.mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "+logger.mlflow.experiment_name=stfpm"]
+    # Nothing can be done on SIGKILL: the record must already be there.
+    code, err = _signal_group_once_training_runs(command, tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL, err[-3000:]
+    (run_dir,) = [p.parent for p in tmp_path.glob("outputs/stfpm/*/mlflow_run.json")]
+    assert json.loads((run_dir / "mlflow_run.json").read_text())["status"] == "RUNNING"
+    assert upload_main([str(run_dir)]) == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("stfpm").experiment_id])
+    assert mlflow_run.info.status == "FAILED"
+    assert mlflow_run.data.tags["quadra_ad.error"].startswith("the run stopped without finishing")
