@@ -137,6 +137,9 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         _fail(error)
     except KeyboardInterrupt:
         _print_tracking(task)
+        if sigterm_received():
+            print(TERMINATED_AT_START if task is None else TERMINATED, file=sys.stderr)
+            sys.exit(EXIT_TERMINATED)
         if task is None:
             print(INTERRUPTED_AT_START, file=sys.stderr)
         else:

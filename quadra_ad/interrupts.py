@@ -46,6 +46,9 @@ def _on_sigterm(signum, frame) -> None:
         return  # already stopping: a second signal must not interrupt the clean-up
     _received = True
     sys.unraisablehook = _quiet_unraisable
+    # torch's DataLoader raises from a SIGCHLD handler when a worker dies of the same signal, at
+    # any point in the main thread, e.g. halfway through logging the KILLED run: not any more.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     raise Terminated("terminated by SIGTERM")
 
 

@@ -109,6 +109,10 @@ class Task:
             self._track_unfinished("KILLED", interrupt)
             raise
         except SystemExit as interrupt:
+            if sigterm_received():
+                # Lightning's own SIGTERM flag ends its loops with a SystemExit of its own.
+                self._track_unfinished("KILLED", Terminated("terminated by SIGTERM"))
+                raise Terminated("terminated by SIGTERM") from interrupt
             # Lightning catches Ctrl-C inside fit/test, shuts down and calls sys.exit(1).
             self._track_unfinished("KILLED", KeyboardInterrupt("interrupted (Ctrl-C)"))
             raise KeyboardInterrupt from interrupt
