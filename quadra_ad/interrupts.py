@@ -14,6 +14,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,21 @@ class Terminated(BaseException):
 def sigterm_received() -> bool:
     """True once SIGTERM has arrived in this process."""
     return _received
+
+
+def sigterm_pending() -> bool:
+    """True when a SIGTERM is waiting to be handled (while :func:`signals_deferred` holds it)."""
+    return signal.SIGTERM in signal.sigpending()
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM wait (their handlers run when it ends)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _quiet_unraisable(unraisable) -> None:

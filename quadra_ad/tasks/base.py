@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from quadra_ad.errors import DiskFullError
 
 from quadra_ad.files import disk_is_full, write_text
-from quadra_ad.interrupts import Terminated, sigterm_received
+from quadra_ad.interrupts import Terminated, sigterm_pending, sigterm_received, signals_deferred
 from quadra_ad.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,13 @@ class Task:
             write_text(self.output_dir / TIMINGS_FILE, json.dumps(self.timings, indent=2) + "\n")
 
     def _track_unfinished(self, status: str, error: BaseException) -> None:
-        try:
-            self.track(status, error)
-        except Exception:  # noqa: BLE001 - the original error is the one the user must see
-            log.debug("could not track the %s run", status, exc_info=True)
+        """Log a run that did not finish. Ctrl-C and SIGTERM wait until it is logged, and a SIGTERM
+        already on its way makes it KILLED: the error being handled may be its first symptom (a
+        DataLoader worker it killed)."""
+        with signals_deferred():
+            if sigterm_received() or sigterm_pending():
+                status, error = "KILLED", Terminated("terminated by SIGTERM")
+            try:
+                self.track(status, error)
+            except Exception:  # noqa: BLE001 - the original error is the one the user must see
+                log.warning("could not log the %s run", status, exc_info=True)

@@ -20,9 +20,12 @@ def read_lightning_history(run_dir: Path) -> History:
                 epoch = _as_int(row.get("epoch"))
                 step = _as_int(row.get("step"))
                 for name, text in row.items():
-                    if name in ("epoch", "step") or text in ("", None):
+                    if name in ("epoch", "step") or text in ("", None) or not isinstance(text, str):
                         continue
-                    value = float(text)
+                    try:
+                        value = float(text)
+                    except ValueError:
+                        continue  # a row cut short (the run was stopped while Lightning wrote it)
                     if math.isnan(value):
                         continue
                     by_epoch = name.endswith("_epoch") or name.startswith("val_")

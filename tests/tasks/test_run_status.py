@@ -159,7 +159,7 @@ def test_sigterm_to_the_process_group_during_training_ends_the_run_killed(segmen
     assert "Traceback" not in err and "MLflow tracking failed" not in err, err[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("stfpm")
-    assert experiment is not None, err[-3000:]
+    assert experiment is not None, (tmp_path / "stdout.txt").read_text()[-3000:] + err[-2000:]
     (mlflow_run,) = client.search_runs([experiment.experiment_id])
     assert mlflow_run.info.status == "KILLED"
     assert mlflow_run.data.tags["quadra_ad.error"].startswith("Terminated")

@@ -39,3 +39,16 @@ def test_processes_creating_a_fresh_store_at_once_all_log_their_run(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
     assert sorted(run.data.params["job"] for run in runs) == ["0", "1", "2"]
+
+
+def test_a_metrics_log_cut_short_by_a_stop_still_gives_a_history(tmp_path):
+    from quadra_ad.tracking.lightning_history import read_lightning_history
+
+    log = tmp_path / "lightning_logs" / "version_0"
+    log.mkdir(parents=True)
+    # What a run stopped while Lightning wrote its CSV leaves: a last row cut in the middle.
+    (log / "metrics.csv").write_text("epoch,step,train_loss_epoch,val_image_AUROC\n0,1,0.52,0.75\n1,3,0.4")
+    history = read_lightning_history(tmp_path)
+    assert history["train_loss_epoch"] == [(0, 0.52), (1, 0.4)] and history["val_image_AUROC"] == [(0, 0.75)]
+    (log / "metrics.csv").write_text("epoch,step,train_loss_epoch\n0,1,0.52\n1,3,0.4e")
+    assert read_lightning_history(tmp_path)["train_loss_epoch"] == [(0, 0.52)]
