@@ -16,7 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from quadra_ad.errors import DiskFullError
 
 from quadra_ad.files import disk_is_full, write_text
-from quadra_ad.interrupts import Terminated, sigterm_pending, sigterm_received, signals_deferred
+from quadra_ad.interrupts import (
+    Terminated,
+    sigterm_pending,
+    sigterm_received,
+    signals_deferred,
+    stopped_by_sigterm,
+)
 from quadra_ad.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -117,7 +123,7 @@ class Task:
             self._track_unfinished("KILLED", KeyboardInterrupt("interrupted (Ctrl-C)"))
             raise KeyboardInterrupt from interrupt
         except Exception as error:
-            if sigterm_received():
+            if stopped_by_sigterm(error):
                 # A DataLoader worker killed by the same SIGTERM: the run was stopped, not broken.
                 self._track_unfinished("KILLED", Terminated("terminated by SIGTERM"))
                 raise Terminated("terminated by SIGTERM") from error

@@ -192,3 +192,40 @@ def test_a_run_killed_without_a_word_leaves_a_record_that_uploads_as_failed(segm
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("stfpm").experiment_id])
     assert mlflow_run.info.status == "FAILED"
     assert mlflow_run.data.tags["quadra_ad.error"].startswith("the run stopped without finishing")
+
+
+def test_signals_wait_while_an_unfinished_run_is_logged():
+    from quadra_ad.interrupts import signals_deferred
+
+    # Ctrl-C arriving while the block runs takes effect when it ends, not halfway through it.
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # the handler has run by now, and held the signal back
+            steps.append("logged")
+    assert steps == ["logged"]
+
+
+def test_a_dataloader_worker_killed_by_sigterm_counts_as_the_sigterm(monkeypatch):
+    import sys
+
+    from quadra_ad import interrupts
+
+    # torch's SIGCHLD check can raise this inside Lightning's SIGTERM handler, before ours runs:
+    # the run was stopped, not broken. The bookkeeping it triggers is undone after the test.
+    monkeypatch.setattr(interrupts, "_received", False)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    previous_sigchld = signal.getsignal(signal.SIGCHLD)
+    try:
+        assert not interrupts.stopped_by_sigterm(RuntimeError("DataLoader worker (pid 12) exited unexpectedly"))
+        assert not interrupts.sigterm_received()
+        try:
+            raise RuntimeError("DataLoader worker (pid 3365) is killed by signal: Terminated. ")
+        except RuntimeError as worker_error:
+            during_logging = OSError("logging failed")
+            during_logging.__context__ = worker_error
+        assert interrupts.stopped_by_sigterm(during_logging)
+        assert interrupts.sigterm_received()
+    finally:
+        signal.signal(signal.SIGCHLD, previous_sigchld)
