@@ -1,5 +1,7 @@
 """Load an exported model (TorchScript or ONNX) with its ``model.json``, checked against each other.
 
+Imports torch only for a TorchScript file.
+
 The format comes from the file ending; every problem with the file is one line naming
 ``task.model_path``.
 """
@@ -7,7 +9,7 @@ The format comes from the file ending; every problem with the file is one line n
 import logging
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from quadra_ad.deploy.model_card import MODEL_JSON, ONNX_SUFFIXES, ModelCard, locate_exported_model
 from quadra_ad.deploy.runners import ExportedModel, OnnxModel, TorchScriptModel, first_line
@@ -31,7 +33,7 @@ def _check_against_card(model: ExportedModel) -> None:
                 f"use the model.json written with this graph"
             )
     try:
-        outputs = model.run_graph(torch.zeros(1, card.input_channels, height, width))
+        outputs = model.run_graph(np.zeros((1, card.input_channels, height, width), dtype=np.float32))
     except Exception as error:  # noqa: BLE001
         raise ConfigError(
             f"model.json beside '{model.path}' does not match the graph: a {card.input_channels}x{height}x{width} "
@@ -39,8 +41,8 @@ def _check_against_card(model: ExportedModel) -> None:
         ) from None
     if not isinstance(outputs, tuple | list) or len(outputs) != 2:
         raise ConfigError(f"task.model_path '{model.path}' returns {type(outputs).__name__}; expected (pred_score, anomaly_map)")
-    scores, maps = (torch.as_tensor(o) for o in outputs)
-    if tuple(scores.shape) != (1,) or maps.dim() != 4 or tuple(maps.shape[-2:]) != (height, width):
+    scores, maps = (np.asarray(o) for o in outputs)
+    if tuple(scores.shape) != (1,) or maps.ndim != 4 or tuple(maps.shape[-2:]) != (height, width):
         raise ConfigError(
             f"task.model_path '{model.path}' outputs shapes {tuple(scores.shape)} and {tuple(maps.shape)}; "
             f"model.json expects (1,) and (1, 1, {height}, {width})"
@@ -60,12 +62,20 @@ def _check_card_belongs_to(card: ModelCard, card_path: Path, graph_file: Path) -
         )
 
 
-def resolve_device(device: str) -> str:
-    """``cpu`` or ``cuda[:n]``; CUDA must exist when asked for."""
+def resolve_device(device: str, graph_format: str) -> str:
+    """``cpu`` or ``cuda[:n]``; CUDA must exist, for the runtime that runs ``graph_format``, when asked for."""
     if device == "cpu":
         return device
     if device.startswith("cuda"):
-        if not torch.cuda.is_available():
+        if graph_format == "onnx":
+            import onnxruntime as ort
+
+            available = "CUDAExecutionProvider" in ort.get_available_providers()
+        else:
+            import torch
+
+            available = torch.cuda.is_available()
+        if not available:
             raise ConfigError(f"task.device={device} but no CUDA device is available here: use task.device=cpu")
         return device
     raise ConfigError(f"task.device must be 'cpu' or 'cuda[:N]', got '{device}'")
@@ -74,8 +84,8 @@ def resolve_device(device: str) -> str:
 def load_exported_model(model_path: str | Path, device: str = "cpu") -> ExportedModel:
     """Load ``model_path`` (TorchScript or ONNX, by ending) and the ``model.json`` beside it."""
     path, card = locate_exported_model(model_path)
-    device = resolve_device(device)
     model_class = OnnxModel if path.suffix.lower() in ONNX_SUFFIXES else TorchScriptModel
+    device = resolve_device(device, model_class.format)
     model = model_class(path, card, device)  # an incomplete or foreign file fails here, with its own line
     _check_card_belongs_to(card, path.parent / MODEL_JSON, path)
     _check_against_card(model)

@@ -21,6 +21,8 @@ from quadra_ad.thresholds import Calibration
 MODEL_JSON = "model.json"
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")
 ONNX_SUFFIXES = (".onnx",)
+#: Graph files looked for, in this order, when a deployment folder is given.
+GRAPH_FILES = ("model.onnx", "model.pt")
 #: The region-of-interest mask, shipped beside model.json when the training used one.
 VALID_AREA_MASK = "valid_area_mask.png"
 #: 2: ``sha256`` of the graph files.
@@ -110,9 +112,15 @@ def locate_exported_model(model_path: str | Path | None) -> tuple[Path, ModelCar
     if model_path is None or str(model_path).strip() == "":
         raise ConfigError("task.model_path is not set: give task.model_path=<run folder>/deployment_model/model.pt (or .onnx)")
     path = Path(model_path).expanduser()
+    if path.is_dir() or path.name == MODEL_JSON:
+        folder = path if path.is_dir() else path.parent
+        found = [folder / name for name in GRAPH_FILES if (folder / name).is_file()]
+        if not found:
+            raise ConfigError(f"task.model_path '{path}': no {' or '.join(GRAPH_FILES)} in '{folder}'; give a training "
+                              f"run's deployment_model folder or a graph file in it")
+        path = found[0]
     if not path.is_file():
-        hint = " (it is a folder: name model.pt or model.onnx inside it)" if path.is_dir() else ""
-        raise ConfigError(f"task.model_path '{path}' does not exist{hint}")
+        raise ConfigError(f"task.model_path '{path}' does not exist")
     suffix = path.suffix.lower()
     if suffix not in TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES:
         raise ConfigError(

@@ -1,6 +1,8 @@
-"""Runners for exported graphs: TorchScript (torch) and ONNX (ONNX Runtime).
+"""Runners for exported graphs: TorchScript (torch) and ONNX (ONNX Runtime), NumPy in and out.
 
-``model(images) -> (raw scores (B,), raw maps (B, 1, H, W))``. A runner opens one graph file; the
+``model(images) -> (raw scores (B,), raw maps (B, 1, H, W))``, float32 arrays. Only the
+TorchScript runner imports torch (when it opens a file): ONNX runs on a line PC without it.
+A runner opens one graph file; the
 :class:`~quadra_ad.deploy.model_card.ModelCard` beside it says how to feed it (fixed batch sizes,
 input size). The exporter uses the same runners, without a card, to check each file it writes.
 """
@@ -9,7 +11,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from quadra_ad.deploy.model_card import ModelCard
 from quadra_ad.errors import ConfigError
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class ExportedModel:
-    """A loaded graph: ``model(images) -> (raw scores (B,), raw maps (B, 1, H, W))`` as CPU tensors.
+    """A loaded graph: ``model(images) -> (raw scores (B,), raw maps (B, 1, H, W))`` as float32 arrays.
 
     ``card`` may be None only for :meth:`run_graph` (the exporter's own check of a fresh file).
     """
@@ -30,20 +31,21 @@ class ExportedModel:
         self.card = card
         self.device = device
 
-    def run_graph(self, images: torch.Tensor):
-        """Whatever the graph returns, unchecked."""
+    def run_graph(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Whatever the graph returns on float32 (B, C, H, W) images, as arrays, unchecked."""
         raise NotImplementedError
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = np.asarray(images, dtype=np.float32)
         fixed = self.card.fixed_batch_size.get(self.format)
-        chunks = images.split(fixed) if fixed else (images,)
+        chunks = [images[i:i + fixed] for i in range(0, len(images), fixed)] if fixed else [images]
         outputs = [self.run_graph(chunk) for chunk in chunks]
-        # as_tensor/float/cpu are no-ops on float32 CPU outputs (ONNX's numpy arrays are shared, not copied).
-        scores = [torch.as_tensor(s).float().cpu().reshape(-1) for s, _ in outputs]
-        maps = [torch.as_tensor(m).float().cpu() for _, m in outputs]
+        # astype(copy=False) is a no-op on float32 outputs (ONNX's arrays are used as they are).
+        scores = [np.asarray(s).astype(np.float32, copy=False).reshape(-1) for s, _ in outputs]
+        maps = [np.asarray(m).astype(np.float32, copy=False) for _, m in outputs]
         if len(outputs) == 1:
             return scores[0], maps[0]
-        return torch.cat(scores), torch.cat(maps)
+        return np.concatenate(scores), np.concatenate(maps)
 
 
 class TorchScriptModel(ExportedModel):
@@ -51,14 +53,19 @@ class TorchScriptModel(ExportedModel):
 
     def __init__(self, path: Path, card: ModelCard | None, device: str) -> None:
         super().__init__(path, card, device)
+        import torch
+
         try:
             self.module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as error:  # noqa: BLE001 - any load failure means a bad file
             raise ConfigError(f"task.model_path '{path}' cannot be loaded as TorchScript ({first_line(error)}); is the file complete?") from None
 
-    def run_graph(self, images: torch.Tensor):
+    def run_graph(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        import torch
+
         with torch.inference_mode():
-            return self.module(images.to(self.device))
+            outputs = self.module(torch.as_tensor(np.asarray(images, dtype=np.float32)).to(self.device))
+        return tuple(o.float().cpu().numpy() for o in outputs)
 
     def optimize_for_cpu(self) -> bool:
         """Freeze the graph and fold it for CPU inference (conv+BN folding, oneDNN layouts).
@@ -67,6 +74,8 @@ class TorchScriptModel(ExportedModel):
         Kept only when the optimised graph gives the same outputs as the plain one; otherwise the
         plain one stays.
         """
+        import torch
+
         height, width = self.card.input_size
         example = torch.rand(self.card.fixed_batch_size.get(self.format) or 2, self.card.input_channels, height, width)
         try:
@@ -102,8 +111,8 @@ class OnnxModel(ExportedModel):
         self.input_name = inputs[0].name
         self.input_shape = inputs[0].shape
 
-    def run_graph(self, images: torch.Tensor):
-        return tuple(self.session.run(None, {self.input_name: images.numpy().astype(np.float32, copy=False)}))
+    def run_graph(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(self.session.run(None, {self.input_name: np.asarray(images, dtype=np.float32)}))
 
 
 def onnx_session_options():
@@ -128,11 +137,11 @@ def onnx_session_options():
     return options
 
 
-def _close(expected: torch.Tensor, got: torch.Tensor) -> bool:
+def _close(expected, got) -> bool:
     """Same values up to float32 reordering, relative to the output's own scale."""
-    expected, got = torch.as_tensor(expected).float(), torch.as_tensor(got).float()
-    scale = float(expected.abs().max()) if expected.numel() else 0.0
-    return expected.shape == got.shape and torch.allclose(expected, got, rtol=1e-4, atol=1e-4 * max(scale, 1e-6))
+    expected, got = np.asarray(expected.cpu(), dtype=np.float32), np.asarray(got.cpu(), dtype=np.float32)
+    scale = float(np.abs(expected).max()) if expected.size else 0.0
+    return expected.shape == got.shape and bool(np.allclose(got, expected, rtol=1e-4, atol=1e-4 * max(scale, 1e-6)))
 
 
 def first_line(error: BaseException) -> str:

@@ -8,12 +8,12 @@ training threshold whichever threshold decides the labels.
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from quadra_ad.config.instantiation import instantiate_node
-from quadra_ad.deploy.loader import load_exported_model
 from quadra_ad.deploy.model_card import check_input_size, preparation_from_card
-from quadra_ad.deploy.runners import ExportedModel
+from quadra_ad.deploy.predictor import Predictor
 from quadra_ad.errors import ConfigError
 from quadra_ad.metrics import scored_set_metrics
 from quadra_ad.reports.heatmaps import HEATMAPS_DIR, RAW_OUTPUTS_DIR, HeatmapSettings, write_heatmaps
@@ -71,7 +71,9 @@ class AnomalyInferenceTask(Task):
 
     def prepare(self) -> None:
         self.save_resolved_config()
-        self.model: ExportedModel = load_exported_model(self.model_path, self.device)
+        # The one runner of exported models; the datamodule reads labels and masks beside the images.
+        self.predictor = Predictor.load(self.model_path, device=self.device)
+        self.model = self.predictor.model
         card = self.model.card
         if card.input_channels != 3:
             raise ConfigError(
@@ -105,12 +107,12 @@ class AnomalyInferenceTask(Task):
         return chosen
 
     def test(self) -> None:
-        has_map = self.model.card.has_anomaly_map
         for loader, target in ((self.datamodule.test_dataloader(), self.labelled), (self.datamodule.predict_dataloader(), self.unknown)):
             for batch in loader:
-                scores, maps = self.model(batch.image)
-                # Image-level models export a placeholder map: never score or draw it.
-                target.add_batch(batch.image_path, batch.gt_label, scores, maps if has_map else None, batch.gt_mask)
+                # Image-level models export a placeholder map: the predictor gives None, never scored or drawn.
+                scores, maps = self.predictor.run(batch.image.numpy())
+                target.add_batch(batch.image_path, batch.gt_label, torch.from_numpy(scores),
+                                 None if maps is None else torch.from_numpy(maps), batch.gt_mask)
         self.calibration = self._calibration()
         self.metrics = scored_set_metrics(self.labelled, self.calibration)
         if self.metrics:

@@ -3,7 +3,7 @@
 import pytest
 
 from quadra_ad.run import run
-from tests.conftest import training_config
+from tests.conftest import IMAGE_SIZE, training_config
 
 EXPERIMENTS = {"padim": "base/anomaly/padim", "patchcore": "base/anomaly/patchcore"}
 
@@ -23,3 +23,18 @@ def trained_padim_classification(classification_dataset, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("padim_classification")
     cfg = training_config("base/anomaly/padim", classification_dataset, None)
     return run(cfg, output_dir=workdir / "run")
+
+
+@pytest.fixture(scope="session")
+def trained_with_crop_and_roi(segmentation_dataset, tmp_path_factory):
+    """PaDiM trained on a crop of the images with a region-of-interest mask."""
+    import cv2
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("crop_roi")
+    roi = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    roi[2:30, 3:29] = 255
+    cv2.imwrite(str(folder / "roi.png"), roi)
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, None, "datamodule.crop_area=[2,2,30,30]",
+                          f"datamodule.valid_area_mask={folder / 'roi.png'}")
+    return run(cfg, output_dir=folder / "run")
