@@ -14,7 +14,7 @@ run's predictions.csv).
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from quadra_ad.deploy.loader import load_exported_model
 from quadra_ad.deploy.model_card import ModelCard
 from quadra_ad.deploy.preprocess import Preprocessor
 from quadra_ad.deploy.runners import ExportedModel
-from quadra_ad.errors import ConfigError
+from quadra_ad.errors import ConfigError, DatasetError
 from quadra_ad.thresholds import Calibration
 
 log = logging.getLogger(__name__)
@@ -101,14 +101,26 @@ class Predictor:
             return next(self.predict_stream([images], batch_size=1))
         return list(self.predict_stream(list(images), batch_size))
 
-    def predict_stream(self, images: Iterable[Any], batch_size: int = 16) -> Iterator[Prediction]:
-        """Predictions one by one, ``batch_size`` images in memory at a time (any number of images)."""
+    def predict_stream(
+        self, images: Iterable[Any], batch_size: int = 16, on_error: Callable[[str, DatasetError], None] | None = None
+    ) -> Iterator[Prediction]:
+        """Predictions one by one, ``batch_size`` images in memory at a time (any number of images).
+
+        ``on_error(source, error)``: called for an image that cannot be read or prepared, which is
+        then skipped; without it the error is raised.
+        """
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         pending: list[tuple[np.ndarray, tuple[int, int], str]] = []
         for index, image in enumerate(images):
             source = str(image) if isinstance(image, str | Path) else f"image {index}"
-            prepared, original_size = self.prepare(image, source)
+            try:
+                prepared, original_size = self.prepare(image, source)
+            except DatasetError as error:
+                if on_error is None:
+                    raise
+                on_error(source, error)
+                continue
             pending.append((prepared, original_size, source))
             if len(pending) == batch_size:
                 yield from self._predict_batch(pending)
