@@ -12,10 +12,10 @@ $(VENV)/bin/python:
 # torch first and pinned: pip takes these builds from the local disk where they are cached.
 install: $(VENV)/bin/python
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -e .
+	$(PIP) install -e ".[train]"
 
 install-test: install
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[train,test]"
 
 # Offline demo: trains, tests, exports and logs PaDiM on scikit-learn's bundled digits.
 demo: install
