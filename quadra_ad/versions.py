@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-PACKAGES = ("quadra_ad", "anomalib", "torch", "torchvision", "lightning", "timm", "onnx", "onnxruntime")
+PACKAGES = ("quadra_ad", "anomalib", "torch", "torchvision", "lightning", "timm", "onnx", "onnxruntime", "openvino")
 
 
 def package_versions() -> dict[str, str]:

@@ -7,8 +7,9 @@ Trains a PaDiM (resnet18, random weights, offline) at ``--size`` px on generated
   ``--repeats``); with ``--runtime-python`` (the python of a runtime-only venv, no torch) the
   same process runs there too;
 - images/s at batch 1 and 16: ``Predictor.run`` on prepared arrays vs a bare
-  ``InferenceSession.run`` on the same arrays (same session options), and the whole
-  ``Predictor.predict`` from image files (reading + NumPy preparation + graph).
+  ``InferenceSession.run`` on the same arrays (same session options), the whole
+  ``Predictor.predict`` from image files (reading + NumPy preparation + graph), and the
+  Predictor on the OpenVINO export of the same model (when OpenVINO is installed).
 
     python scripts/runtime_benchmark.py
     python scripts/runtime_benchmark.py --runtime-python /tmp/rt/bin/python --size 256
@@ -69,12 +70,15 @@ def main() -> int:
     from quadra_ad.deploy.runners import onnx_session_options
     from quadra_ad.testing.synthetic import write_synthetic_dataset
 
+    import importlib.util
+
+    has_openvino = importlib.util.find_spec("openvino") is not None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = write_synthetic_dataset(folder / "data", n_train=16, n_test_good=4, n_test_defect=4, size=args.size)
         subprocess.run([sys.executable, "-m", "quadra_ad", "experiment=base/anomaly/padim", f"datamodule.data_path={data}",
                         "backbone.pre_trained=false", f"transforms.input_size=[{args.size},{args.size}]", "~logger",
-                        "export.types=[onnx]", "datamodule.num_workers=0", "trainer.enable_progress_bar=false",
+                        f"export.types=[{'onnx,openvino' if has_openvino else 'onnx'}]", "datamodule.num_workers=0", "trainer.enable_progress_bar=false",
                         f"hydra.run.dir={folder / 'run'}"], cwd=folder, check=True, capture_output=True, text=True)
         model = folder / "run" / "deployment_model" / "model.onnx"
         image = sorted((data / "test").rglob("*.png"))[0]
@@ -85,6 +89,7 @@ def main() -> int:
                          *_cold_start(args.runtime_python, model, image, args.repeats)))
 
         predictor = Predictor.load(model)
+        openvino = Predictor.load(model.with_name("model.xml")) if has_openvino else None
         import onnxruntime as ort
 
         bare = ort.InferenceSession(str(model), sess_options=onnx_session_options(), providers=["CPUExecutionProvider"])
@@ -97,16 +102,19 @@ def main() -> int:
             rates.append((batch,
                           _images_per_second(lambda p=prepared: bare.run(None, {name: p}), batch),
                           _images_per_second(lambda p=prepared: predictor.run(p), batch),
-                          _images_per_second(lambda b=batch_paths: predictor.predict(b, batch_size=len(b)), batch)))
+                          _images_per_second(lambda b=batch_paths: predictor.predict(b, batch_size=len(b)), batch),
+                          _images_per_second(lambda p=prepared: openvino.run(p), batch) if openvino else float("nan")))
 
     print(f"PaDiM resnet18 ONNX at {args.size} px, {len(__import__('os').sched_getaffinity(0))} cores")
     print(f"{'':<52} {'seconds':>8} {'peak RSS MB':>12} {'torch imported':>15}")
     for what, wall, peak, torch_loaded in rows:
         print(f"{what:<52} {wall:>8.2f} {peak:>12.0f} {str(torch_loaded):>15}")
     print()
-    print(f"{'images/s':<10} {'bare session.run':>17} {'Predictor.run':>14} {'overhead':>9} {'predict(files)':>15}")
-    for batch, bare_rate, ours, whole in rates:
-        print(f"{'batch ' + str(batch):<10} {bare_rate:>17.1f} {ours:>14.1f} {100 * (1 - ours / bare_rate):>8.1f}% {whole:>15.1f}")
+    print(f"{'images/s':<10} {'bare session.run':>17} {'Predictor.run':>14} {'overhead':>9} {'predict(files)':>15} "
+          f"{'OpenVINO run':>13}")
+    for batch, bare_rate, ours, whole, ov_rate in rates:
+        print(f"{'batch ' + str(batch):<10} {bare_rate:>17.1f} {ours:>14.1f} {100 * (1 - ours / bare_rate):>8.1f}% {whole:>15.1f} "
+              f"{ov_rate:>13.1f}")
     return 0
 
 

@@ -11,8 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from quadra_ad.deploy.model_card import MODEL_JSON, ONNX_SUFFIXES, ModelCard, locate_exported_model
-from quadra_ad.deploy.runners import ExportedModel, OnnxModel, TorchScriptModel, first_line
+from quadra_ad.deploy.model_card import (
+    MODEL_JSON,
+    ONNX_SUFFIXES,
+    OPENVINO_SUFFIXES,
+    ModelCard,
+    file_sha256,
+    locate_exported_model,
+)
+from quadra_ad.deploy.runners import ExportedModel, OnnxModel, OpenVinoModel, TorchScriptModel, first_line
 from quadra_ad.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -21,7 +28,7 @@ def _check_against_card(model: ExportedModel) -> None:
     """Run one blank image of the size model.json gives and check the outputs' shapes."""
     card = model.card
     height, width = card.input_size
-    if isinstance(model, OnnxModel):
+    if isinstance(model, OnnxModel | OpenVinoModel):
         static = [d if isinstance(d, int) else None for d in model.input_shape]
         if len(static) == 4 and static[1] is not None and static[1] != card.input_channels:
             raise ConfigError(
@@ -55,7 +62,8 @@ def _check_card_belongs_to(card: ModelCard, card_path: Path, graph_file: Path) -
         log.warning("'%s' predates graph hashes (schema %s): it cannot be checked against '%s'",
                     card_path, card.schema_version, graph_file.name)
         return
-    if not card.describes(graph_file):
+    weights = graph_file.with_suffix(".bin") if graph_file.suffix.lower() in OPENVINO_SUFFIXES else None
+    if not card.describes(graph_file) or (weights is not None and file_sha256(weights) not in card.sha256.values()):
         raise ConfigError(
             f"'{card_path}' was written for other graph files than '{graph_file}' (content hash differs: the card "
             f"comes from another model, or the file changed after export); use the model.json exported with it"
@@ -67,6 +75,8 @@ def resolve_device(device: str, graph_format: str) -> str:
     if device == "cpu":
         return device
     if device.startswith("cuda"):
+        if graph_format == "openvino":
+            raise ConfigError(f"task.device={device}: quadra_ad runs OpenVINO models on the CPU; use task.device=cpu")
         if graph_format == "onnx":
             import onnxruntime as ort
 
@@ -84,7 +94,8 @@ def resolve_device(device: str, graph_format: str) -> str:
 def load_exported_model(model_path: str | Path, device: str = "cpu") -> ExportedModel:
     """Load ``model_path`` (TorchScript or ONNX, by ending) and the ``model.json`` beside it."""
     path, card = locate_exported_model(model_path)
-    model_class = OnnxModel if path.suffix.lower() in ONNX_SUFFIXES else TorchScriptModel
+    suffix = path.suffix.lower()
+    model_class = OnnxModel if suffix in ONNX_SUFFIXES else OpenVinoModel if suffix in OPENVINO_SUFFIXES else TorchScriptModel
     device = resolve_device(device, model_class.format)
     model = model_class(path, card, device)  # an incomplete or foreign file fails here, with its own line
     _check_card_belongs_to(card, path.parent / MODEL_JSON, path)

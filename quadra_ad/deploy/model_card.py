@@ -21,8 +21,10 @@ from quadra_ad.thresholds import Calibration
 MODEL_JSON = "model.json"
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")
 ONNX_SUFFIXES = (".onnx",)
+#: OpenVINO IR: the ``.xml`` graph, its weights in the ``.bin`` of the same name beside it.
+OPENVINO_SUFFIXES = (".xml",)
 #: Graph files looked for, in this order, when a deployment folder is given.
-GRAPH_FILES = ("model.onnx", "model.pt")
+GRAPH_FILES = ("model.onnx", "model.xml", "model.pt")
 #: The region-of-interest mask, shipped beside model.json when the training used one.
 VALID_AREA_MASK = "valid_area_mask.png"
 #: 2: ``sha256`` of the graph files.
@@ -122,11 +124,14 @@ def locate_exported_model(model_path: str | Path | None) -> tuple[Path, ModelCar
     if not path.is_file():
         raise ConfigError(f"task.model_path '{path}' does not exist")
     suffix = path.suffix.lower()
-    if suffix not in TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES:
+    if suffix not in TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES + OPENVINO_SUFFIXES:
         raise ConfigError(
-            f"task.model_path '{path}': unknown model format '{suffix}'; give a TorchScript ({', '.join(TORCHSCRIPT_SUFFIXES)}) "
-            f"or ONNX (.onnx) file from a training run's deployment_model folder"
+            f"task.model_path '{path}': unknown model format '{suffix}'; give a TorchScript ({', '.join(TORCHSCRIPT_SUFFIXES)}), "
+            f"ONNX (.onnx) or OpenVINO (.xml) file from a training run's deployment_model folder"
         )
+    if suffix in OPENVINO_SUFFIXES and not path.with_suffix(".bin").is_file():
+        raise ConfigError(f"task.model_path '{path}': its weights '{path.with_suffix('.bin').name}' are missing beside it; "
+                          f"copy the whole deployment_model folder")
     card_path = path.parent / MODEL_JSON
     if not card_path.is_file():
         raise ConfigError(f"no {MODEL_JSON} beside task.model_path '{path}': keep the exported model in its deployment_model folder")

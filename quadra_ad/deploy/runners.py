@@ -1,4 +1,4 @@
-"""Runners for exported graphs: TorchScript (torch) and ONNX (ONNX Runtime), NumPy in and out.
+"""Runners for exported graphs: TorchScript (torch), ONNX (ONNX Runtime), OpenVINO; NumPy in and out.
 
 ``model(images) -> (raw scores (B,), raw maps (B, 1, H, W))``, float32 arrays. Only the
 TorchScript runner imports torch (when it opens a file): ONNX runs on a line PC without it.
@@ -113,6 +113,33 @@ class OnnxModel(ExportedModel):
 
     def run_graph(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
         return tuple(self.session.run(None, {self.input_name: np.asarray(images, dtype=np.float32)}))
+
+
+class OpenVinoModel(ExportedModel):
+    """OpenVINO IR (``model.xml`` with ``model.bin`` beside it) on OpenVINO's CPU plugin, float32."""
+
+    format = "openvino"
+
+    def __init__(self, path: Path, card: ModelCard | None, device: str) -> None:
+        super().__init__(path, card, device)
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ConfigError(f"'{path}' is an OpenVINO model but OpenVINO is not installed: pip install "
+                              f"'quadra_ad[openvino]' (or run the model.onnx beside it)") from None
+        if device != "cpu":
+            raise ConfigError(f"task.device={device}: quadra_ad runs OpenVINO models on the CPU; use task.device=cpu")
+        try:
+            # f32: the CPU plugin would otherwise pick bf16 on CPUs that have it, changing the scores.
+            self.compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        except Exception as error:  # noqa: BLE001
+            raise ConfigError(f"task.model_path '{path}' cannot be loaded as OpenVINO ({first_line(error)}); are "
+                              f"model.xml and model.bin complete?") from None
+        self.input_shape = [d.get_length() if d.is_static else None for d in self.compiled.inputs[0].get_partial_shape()]
+
+    def run_graph(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        results = self.compiled(np.asarray(images, dtype=np.float32))
+        return tuple(results[output] for output in self.compiled.outputs)
 
 
 def onnx_session_options():

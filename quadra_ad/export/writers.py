@@ -1,6 +1,7 @@
-"""One writer per export type: ``torchscript`` → ``model.pt``, ``onnx`` → ``model.onnx``.
+"""One writer per export type: ``torchscript`` → ``model.pt``, ``onnx`` → ``model.onnx``,
+``openvino`` → ``model.xml`` + ``model.bin`` (OpenVINO IR, converted from the ONNX graph).
 
-Both have a dynamic batch dimension; the spatial size is fixed to the training input size.
+All have a dynamic batch dimension; the spatial size is fixed to the training input size.
 """
 
 import errno
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 from quadra_ad.deploy.model_card import VALID_AREA_MASK
-from quadra_ad.deploy.runners import OnnxModel, TorchScriptModel
+from quadra_ad.deploy.runners import OnnxModel, OpenVinoModel, TorchScriptModel
 from quadra_ad.errors import ConfigError, ExportError
 from quadra_ad.export.graph import INPUT_NAME, OUTPUT_NAMES, AnomalyGraph
 from quadra_ad.files import atomic_path, disk_is_full
@@ -85,6 +86,28 @@ def export_onnx(
     return path
 
 
+def export_openvino(
+    graph: AnomalyGraph, example: torch.Tensor, folder: Path, opset_version: int | None = None, dynamic: bool = True
+) -> Path:
+    """OpenVINO IR (``model.xml`` + ``model.bin``, float32 weights) converted from an ONNX export of
+    the graph; the weights file takes its name first, so a complete ``model.xml`` always has its own."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ExportError("export.types has 'openvino' but OpenVINO is not installed: pip install 'quadra_ad[openvino]', "
+                          "or remove 'openvino' from export.types") from None
+    import tempfile
+
+    path = folder / "model.xml"
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".openvino-") as scratch:
+        onnx_path = export_onnx(graph, example, Path(scratch), opset_version, dynamic=dynamic)
+        converted = ov.convert_model(str(onnx_path))
+        ov.save_model(converted, str(Path(scratch) / "model.xml"), compress_to_fp16=False)
+        (Path(scratch) / "model.bin").replace(folder / "model.bin")
+        (Path(scratch) / "model.xml").replace(path)
+    return path
+
+
 def written_opset(path: Path) -> int:
     """The default-domain opset an ONNX file declares."""
     import onnx
@@ -93,7 +116,7 @@ def written_opset(path: Path) -> int:
     return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
-EXPORT_TYPES = ("torchscript", "onnx")
+EXPORT_TYPES = ("torchscript", "onnx", "openvino")
 #: The oldest opset the ONNX Runtime versions we support still run.
 MIN_ONNX_OPSET = 7
 
@@ -103,6 +126,12 @@ def check_export_config(types: list[str], onnx_opset) -> None:
     unknown = [t for t in types if t not in EXPORT_TYPES]
     if unknown:
         raise ConfigError(f"export.types: unknown type(s) {unknown}; choose from {sorted(EXPORT_TYPES)}")
+    if "openvino" in types:
+        import importlib.util
+
+        if importlib.util.find_spec("openvino") is None:
+            raise ConfigError("export.types has 'openvino' but OpenVINO is not installed: pip install "
+                              "'quadra_ad[openvino]', or remove 'openvino' from export.types")
     if onnx_opset is None:
         return
     import onnx
@@ -117,7 +146,7 @@ def check_export_config(types: list[str], onnx_opset) -> None:
 
 def _run_exported(export_type: str, path: Path, images: torch.Tensor) -> torch.Tensor:
     """Scores of an exported file, run the way inference runs it."""
-    runner = {"torchscript": TorchScriptModel, "onnx": OnnxModel}[export_type](path, card=None, device="cpu")
+    runner = {"torchscript": TorchScriptModel, "onnx": OnnxModel, "openvino": OpenVinoModel}[export_type](path, card=None, device="cpu")
     return torch.as_tensor(runner.run_graph(images)[0])
 
 
@@ -136,6 +165,8 @@ def _reproduces(graph: AnomalyGraph, export_type: str, path: Path, images: torch
 def _write(graph: AnomalyGraph, export_type: str, example: torch.Tensor, folder: Path, onnx_opset: int | None, dynamic: bool) -> Path:
     if export_type == "onnx":
         return export_onnx(graph, example, folder, onnx_opset, dynamic=dynamic)
+    if export_type == "openvino":
+        return export_openvino(graph, example, folder, onnx_opset, dynamic=dynamic)
     return export_torchscript(graph, example, folder)
 
 

@@ -158,6 +158,12 @@ class AnomalyTrainingTask(Task):
         return read_lightning_history(self.output_dir)
 
     # -- helpers ---------------------------------------------------------------------------
+    def _graph_hashes(self) -> dict[str, str]:
+        hashes = {k: file_sha256(p) for k, (p, _) in self.exported.items()}
+        if "openvino" in self.exported:  # the IR's weights live in the .bin beside the .xml
+            hashes["openvino_weights"] = file_sha256(self.exported["openvino"][0].with_suffix(".bin"))
+        return hashes
+
     def _model_card(self, valid_area_mask: Path | None) -> ModelCard:
         dm = self.datamodule
         return ModelCard(
@@ -170,7 +176,7 @@ class AnomalyTrainingTask(Task):
             valid_area_mask=valid_area_mask.name if valid_area_mask is not None else None,
             crop_area=dm.preparation.crop_area,
             files={k: p.name for k, (p, _) in self.exported.items()},
-            sha256={k: file_sha256(p) for k, (p, _) in self.exported.items()},
+            sha256=self._graph_hashes(),
             fixed_batch_size={k: b for k, (_, b) in self.exported.items() if b is not None},
             has_anomaly_map=self.collector.test.has_maps or self.collector.validation.has_maps,
             versions=package_versions(),

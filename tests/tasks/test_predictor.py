@@ -159,3 +159,44 @@ def test_read_image_array_reads_what_the_training_reads(trained):
     training, _ = trained
     path = sorted((Path(training.datamodule.layout.root) / "test").rglob("*.png"))[0]
     np.testing.assert_array_equal(read_image_array(path).transpose(2, 0, 1), read_image(path).numpy())
+
+
+@pytest.fixture(scope="session")
+def trained_openvino(segmentation_dataset, tmp_path_factory):
+    """PaDiM exported to all three types."""
+    from quadra_ad.run import run
+    from tests.conftest import training_config
+
+    folder = tmp_path_factory.mktemp("openvino")
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, None, "export.types=[torchscript,onnx,openvino]")
+    return run(cfg, output_dir=folder / "run")
+
+
+def test_openvino_is_a_third_export_checked_for_parity_and_run_by_the_predictor(trained_openvino):
+    from quadra_ad.deploy.model_card import ModelCard
+
+    training = trained_openvino
+    folder = training.output_dir / "deployment_model"
+    card = ModelCard.read(folder / "model.json")
+    assert card.files["openvino"] == "model.xml" and (folder / "model.bin").is_file()
+    assert set(card.sha256) == {"torchscript", "onnx", "openvino", "openvino_weights"}
+    rows = [row for row in _training_rows(training.output_dir) if row["label"] != ""]
+    predictor = Predictor.load(folder / "model.xml")
+    assert predictor.model.format == "openvino"
+    predictions = predictor.predict([row["image_path"] for row in rows])
+    _assert_scores_match({p.source: p.score for p in predictions}, {r["image_path"]: float(r["raw_score"]) for r in rows})
+
+
+def test_openvino_weights_of_another_model_are_refused(trained_openvino, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained_openvino.output_dir / "deployment_model", folder)
+    weights = np.fromfile(folder / "model.bin", dtype=np.uint8)
+    weights[len(weights) // 2] ^= 1  # one weight's last bit: the same size, another model
+    weights.tofile(folder / "model.bin")
+    with pytest.raises(ConfigError, match="was written for other graph files"):
+        Predictor.load(folder / "model.xml")
+    (folder / "model.bin").unlink()
+    with pytest.raises(ConfigError, match="its weights 'model.bin' are missing beside it"):
+        Predictor.load(folder / "model.xml")
