@@ -118,7 +118,7 @@ def locate_exported_model(model_path: str | Path | None) -> tuple[Path, ModelCar
         folder = path if path.is_dir() else path.parent
         found = [folder / name for name in GRAPH_FILES if (folder / name).is_file()]
         if not found:
-            raise ConfigError(f"task.model_path '{path}': no {' or '.join(GRAPH_FILES)} in '{folder}'; give a training "
+            raise ConfigError(f"task.model_path '{path}': no {', '.join(GRAPH_FILES)} in '{folder}'; give a training "
                               f"run's deployment_model folder or a graph file in it")
         path = found[0]
     if not path.is_file():

@@ -123,7 +123,7 @@ def test_wrong_inputs_are_one_line_each(trained, tmp_path):
         predictor.predict(np.zeros((32, 32), dtype=np.int32))
     with pytest.raises(ConfigError, match="cannot predict on a dict"):
         predictor.predict({"image": 1})
-    with pytest.raises(ConfigError, match="no model.onnx or model.pt in"):
+    with pytest.raises(ConfigError, match="no model.onnx, model.xml, model.pt in"):
         Predictor.load(tmp_path)
 
 
