@@ -37,8 +37,12 @@ def check_working_directory(folder: Path | None = None) -> None:
 def _inference_preparation(cfg: DictConfig) -> dict:
     """For an inference run: the card's checks, and the crop and mask it brings."""
     from quadra_ad.deploy.model_card import check_input_size, locate_exported_model, preparation_from_card
+    from quadra_ad.deploy.model_uri import is_model_uri
 
-    path, card = locate_exported_model(OmegaConf.select(cfg, "task.model_path"))
+    model_path = OmegaConf.select(cfg, "task.model_path")
+    if is_model_uri(model_path):  # fetched by the task from the MLflow store; its card is checked there
+        return {"crop_area": None, "valid_area_mask": None}
+    path, card = locate_exported_model(model_path)
     check_input_size(OmegaConf.select(cfg, "datamodule.image_size"), card)
     return preparation_from_card(card, path.parent)
 

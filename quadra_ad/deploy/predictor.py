@@ -24,6 +24,7 @@ import numpy as np
 from quadra_ad.deploy.images import read_image_array, to_unit_rgb
 from quadra_ad.deploy.loader import load_exported_model
 from quadra_ad.deploy.model_card import ModelCard
+from quadra_ad.deploy.model_uri import fetch_deployment_folder, is_model_uri
 from quadra_ad.deploy.preprocess import Preprocessor
 from quadra_ad.deploy.runners import ExportedModel
 from quadra_ad.errors import ConfigError, DatasetError
@@ -74,9 +75,13 @@ class Predictor:
         self.threshold, self.threshold_source = choose_threshold(self.card.calibration, threshold)
 
     @classmethod
-    def load(cls, path: str | Path, threshold: str | float = "training", device: str = "cpu") -> "Predictor":
-        """``path``: a deployment folder (model.onnx preferred, else model.pt) or a graph file
-        with its model.json beside it."""
+    def load(cls, path: str | Path, threshold: str | float = "training", device: str = "cpu",
+             tracking_uri: str | None = None) -> "Predictor":
+        """``path``: a deployment folder (model.onnx preferred, then model.xml, then model.pt), a
+        graph file with its model.json beside it, or an MLflow model URI (``models:/bottle/3``,
+        ``models:/bottle@champion``, ``runs:/<run id>/model``) in the store at ``tracking_uri``."""
+        if is_model_uri(path):
+            path = fetch_deployment_folder(str(path), tracking_uri)
         return cls(load_exported_model(path, device), threshold)
 
     @property

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from quadra_ad.config.instantiation import instantiate_node
 from quadra_ad.deploy.model_card import check_input_size, preparation_from_card
+from quadra_ad.deploy.model_uri import is_model_uri
 from quadra_ad.deploy.predictor import Predictor
 from quadra_ad.errors import ConfigError
 from quadra_ad.metrics import scored_set_metrics
@@ -72,7 +73,7 @@ class AnomalyInferenceTask(Task):
     def prepare(self) -> None:
         self.save_resolved_config()
         # The one runner of exported models; the datamodule reads labels and masks beside the images.
-        self.predictor = Predictor.load(self.model_path, device=self.device)
+        self.predictor = Predictor.load(self.model_path, device=self.device, tracking_uri=self._tracking_uri())
         self.model = self.predictor.model
         card = self.model.card
         if card.input_channels != 3:
@@ -87,6 +88,10 @@ class AnomalyInferenceTask(Task):
             )
         self.datamodule = instantiate_node(self.config, "datamodule", **self._transforms_from_card())
         self.datamodule.setup()
+
+    def _tracking_uri(self) -> str | None:
+        """Where ``models:/`` and ``runs:/`` model paths are looked up: this run's MLflow store."""
+        return OmegaConf.select(self.config, "logger.mlflow.tracking_uri")
 
     def _transforms_from_card(self) -> dict:
         """Everything the graph's input depends on, from model.json, unless the user set it.
@@ -151,7 +156,8 @@ class AnomalyInferenceTask(Task):
         tags = super().tracking_tags()
         tags.update({
             "quadra_ad.model": card.model_class.rsplit(".", 1)[-1],
-            "quadra_ad.model_path": str(Path(self.model_path).expanduser().resolve()),
+            "quadra_ad.model_path": self.model_path if is_model_uri(self.model_path)
+            else str(Path(self.model_path).expanduser().resolve()),
             "quadra_ad.model_format": self.model.format,
             "quadra_ad.dataset": str(self.datamodule.layout.root),
             "quadra_ad.dataset_hash": self.datamodule.layout.fingerprint(),

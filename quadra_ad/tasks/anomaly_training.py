@@ -157,6 +157,11 @@ class AnomalyTrainingTask(Task):
     def tracking_history(self) -> dict:
         return read_lightning_history(self.output_dir)
 
+    def tracking_model(self) -> Path | None:
+        if not self.exported or self.export_errors:
+            return None
+        return self.output_dir / DEPLOYMENT_FOLDER
+
     # -- helpers ---------------------------------------------------------------------------
     def _graph_hashes(self) -> dict[str, str]:
         hashes = {k: file_sha256(p) for k, (p, _) in self.exported.items()}

@@ -76,6 +76,10 @@ class Task:
     def tracking_history(self) -> dict | None:
         return None
 
+    def tracking_model(self) -> Path | None:
+        """A deployment folder to log as the run's MLflow model when it finishes."""
+        return None
+
     def track(self, status: str, error: BaseException | None = None) -> None:
         """Log the run with ``status``; an error's first line becomes the ``quadra_ad.error`` tag.
 
@@ -92,7 +96,7 @@ class Task:
         try:
             self.tracked_run = track_run(
                 self.config, self.output_dir, metrics, self.tracking_artifacts(), tags, self.tracking_history(),
-                status=status,
+                status=status, model_folder=self.tracking_model(),
             )
         except TrackingFailed as failure:
             self.tracked_run, self.tracking_error = None, str(failure)

@@ -5,6 +5,7 @@ it only costs the MLflow copy, and the caller reports it in one line.
 """
 
 import logging
+import os
 import tempfile
 import time
 import urllib.error
@@ -150,6 +151,31 @@ def _one_writer_at_a_time(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _log_model(tracking_uri: str, run_id: str, folder: Path, registered_model_name: str | None) -> None:
+    import mlflow
+
+    from quadra_ad.tracking.mlflow_model import log_deployment_model
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    # MLflow's warning that a Python object is pickled (ours is a class of this package) and its
+    # artifact progress bars are noise in a run's output.
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level, progress = pyfunc_log.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    pyfunc_log.setLevel(logging.ERROR)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with _one_writer_at_a_time(tracking_uri):
+            log_deployment_model(run_id, folder, registered_model_name)
+    finally:
+        mlflow.set_tracking_uri(previous)
+        pyfunc_log.setLevel(level)
+        if progress is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = progress
+
+
 def log_run(
     tracking_uri: str,
     experiment_name: str,
@@ -161,10 +187,12 @@ def log_run(
     artifact_location: str | None = None,
     metric_history: dict[str, list[tuple[int, float]]] | None = None,
     status: str = "FINISHED",
+    model: tuple[Path, str | None] | None = None,
 ) -> TrackedRun:
     """Create one run holding params, metrics (plus per-step histories), tags and artifacts.
 
-    The run ends with ``status`` (FINISHED, FAILED or KILLED).
+    The run ends with ``status`` (FINISHED, FAILED or KILLED). ``model``: (deployment folder,
+    registered model name or None) to log as the run's MLflow model before it ends.
 
     A failure after the run exists marks it FAILED before re-raising.
     """
@@ -191,6 +219,8 @@ def log_run(
                 client.log_artifacts(run_id, str(artifact), artifact_path=artifact.name)
             elif artifact.is_file():
                 client.log_artifact(run_id, str(artifact))
+        if model is not None:
+            _log_model(tracking_uri, run_id, *model)
         with _one_writer_at_a_time(tracking_uri):
             client.set_terminated(run_id, status)
     except BaseException:

@@ -73,12 +73,21 @@ def base_tags(config: DictConfig, output_dir: Path, task_name: str) -> dict[str,
 
 
 def build_record(config: DictConfig, output_dir: Path, metrics: dict[str, float], artifacts: list[Path],
-                 tags: dict[str, str], metric_history: dict | None = None, status: str = "FINISHED") -> dict | None:
-    """What ``mlflow_run.json`` holds for a run (None when no MLflow logger is configured)."""
+                 tags: dict[str, str], metric_history: dict | None = None, status: str = "FINISHED",
+                 model_folder: Path | None = None) -> dict | None:
+    """What ``mlflow_run.json`` holds for a run (None when no MLflow logger is configured).
+
+    ``model_folder``: a deployment folder to log as the run's MLflow model (finished training runs).
+    """
     mlflow_cfg = (config.get("logger") or {}).get("mlflow")
     if not mlflow_cfg:
         return None
+    model = None
+    if model_folder is not None and status == "FINISHED" and mlflow_cfg.get("log_model", True):
+        model = {"folder": str(Path(model_folder).relative_to(output_dir)),
+                 "registered_model_name": mlflow_cfg.get("registered_model_name")}
     return {
+        "model": model,
         "tracking_uri": str(mlflow_cfg.tracking_uri),
         "experiment_name": str(mlflow_cfg.experiment_name),
         "run_name": mlflow_cfg.get("run_name") or _default_run_name(tags, output_dir),
@@ -113,6 +122,7 @@ def track_run(
     tags: dict[str, str],
     metric_history: dict[str, list[tuple[int, float]]] | None = None,
     status: str = "FINISHED",
+    model_folder: Path | None = None,
 ):
     """Log one run as ``logger.mlflow`` says; return the TrackedRun, or None when no logger is configured.
 
@@ -121,7 +131,7 @@ def track_run(
     :class:`TrackingFailed` says so. The outputs are already on disk and stay there whatever
     happens here.
     """
-    request = build_record(config, output_dir, metrics, artifacts, tags, metric_history, status)
+    request = build_record(config, output_dir, metrics, artifacts, tags, metric_history, status, model_folder)
     if request is None:
         log.info("No logger.mlflow configured: the run is on disk only.")
         return None
@@ -188,6 +198,14 @@ def upload_request(request_path: Path, tracking_uri: str | None = None, experime
     return _log_request(request, Path(request_path).parent, Path(request_path))
 
 
+def _model_to_log(request: dict, run_dir: Path) -> tuple[Path, str | None] | None:
+    """(deployment folder, registered model name) when the record asks for an MLflow model and the folder is there."""
+    model = request.get("model")
+    if not model or request.get("status", "FINISHED") != "FINISHED" or not (run_dir / model["folder"]).is_dir():
+        return None
+    return run_dir / model["folder"], model.get("registered_model_name")
+
+
 def _log_request(request: dict, run_dir: Path, request_path: Path | None):
     try:
         from quadra_ad.tracking.mlflow_writer import log_run
@@ -204,6 +222,7 @@ def _log_request(request: dict, run_dir: Path, request_path: Path | None):
             artifact_location=request.get("artifact_location"),
             metric_history={k: [tuple(p) for p in v] for k, v in request.get("metric_history", {}).items()},
             status=request.get("status", "FINISHED"),
+            model=_model_to_log(request, run_dir),
         )
     except Exception as error:  # noqa: BLE001 - tracking must never lose a finished run
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]

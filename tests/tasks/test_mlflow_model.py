@@ -1,0 +1,118 @@
+"""The training run's deployment folder as an MLflow model: logged, registered, loaded by URI, served."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from quadra_ad.deploy import Predictor
+from quadra_ad.errors import ConfigError
+from quadra_ad.run import run
+from quadra_ad.tracking.mlflow_model import encode_image_file
+from tests.conftest import training_config
+
+
+@pytest.fixture(scope="module")
+def registered(segmentation_dataset, tmp_path_factory):
+    """A PaDiM run logged to its own store and registered as 'bottle'; returns (task, tracking URI)."""
+    workdir = tmp_path_factory.mktemp("registered")
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, workdir, "logger.mlflow.registered_model_name=bottle")
+    task = run(cfg, output_dir=workdir / "run")
+    assert task.tracking_error is None, task.tracking_error
+    return task, f"sqlite:///{workdir}/mlflow.db"
+
+
+def _labelled_rows(run_dir: Path) -> list[dict]:
+    with (run_dir / "predictions.csv").open() as handle:
+        return [row for row in csv.DictReader(handle) if row["label"] != ""]
+
+
+def test_the_run_logs_and_registers_its_model_which_mlflow_loads_and_predicts_with(registered):
+    task, tracking_uri = registered
+    client = MlflowClient(tracking_uri)
+    (version,) = client.search_model_versions("name='bottle'")
+    assert version.run_id == task.tracked_run.run_id
+    rows = _labelled_rows(task.output_dir)[:5]
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/bottle/1")
+        assert model.metadata.signature.inputs.input_names() == ["image"]
+        out = model.predict(pd.DataFrame({"image": [encode_image_file(r["image_path"]) for r in rows]}))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert list(out.columns) == ["raw_score", "normalized_score", "predicted_label", "threshold"]
+    assert list(out["raw_score"]) == pytest.approx([float(r["raw_score"]) for r in rows], rel=1e-4)
+
+
+@pytest.mark.parametrize("uri", ["models:/bottle/1", "models:/bottle@champion", "runs:/{run_id}/model"])
+def test_model_uris_work_in_the_predictor_and_as_the_inference_model_path(registered, segmentation_dataset, tmp_path, uri):
+    from tests.tasks.test_anomaly_inference import infer
+
+    task, tracking_uri = registered
+    MlflowClient(tracking_uri).set_registered_model_alias("bottle", "champion", "1")
+    uri = uri.format(run_id=task.tracked_run.run_id)
+    rows = _labelled_rows(task.output_dir)
+    predictions = Predictor.load(uri, tracking_uri=tracking_uri).predict([r["image_path"] for r in rows])
+    assert [p.score for p in predictions] == pytest.approx([float(r["raw_score"]) for r in rows], rel=1e-4)
+    inference = infer(uri, segmentation_dataset, tmp_path / "infer", "task.use_training_threshold=true",
+                      tracking_dir=Path(tracking_uri.removeprefix("sqlite:///")).parent)
+    assert inference.metrics["image_AUROC"] == pytest.approx(task.metrics["image_AUROC"], abs=1e-12)
+    assert inference.tracking_tags()["quadra_ad.model_path"] == uri
+
+
+def test_a_model_uri_that_is_not_there_is_one_line(registered):
+    _, tracking_uri = registered
+    with pytest.raises(ConfigError, match=r"task.model_path 'models:/bottle/7' cannot be fetched from the MLflow store"):
+        Predictor.load("models:/bottle/7", tracking_uri=tracking_uri)
+
+
+def test_no_model_is_logged_when_asked_not_to(segmentation_dataset, tmp_path):
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, tmp_path, "logger.mlflow.log_model=false")
+    task = run(cfg, output_dir=tmp_path / "run")
+    assert json.loads((task.output_dir / "mlflow_run.json").read_text())["model"] is None
+    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_logged_models(
+        experiment_ids=[task.tracked_run.experiment_id]) == []
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_the_training_runs_scores(registered, tmp_path):
+    from tests.tracking.conftest import free_port
+
+    task, tracking_uri = registered
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/bottle/1", "--env-manager", "local",
+               "-h", "127.0.0.1", "-p", str(port)]
+    with (tmp_path / "serve.log").open("w") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the served model did not answer within 120 s"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        rows = _labelled_rows(task.output_dir)
+        body = {"dataframe_split": {"columns": ["image"], "data": [[encode_image_file(r["image_path"])] for r in rows]}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    scores = [row["raw_score"] for row in answer["predictions"]]
+    assert scores == pytest.approx([float(r["raw_score"]) for r in rows], rel=1e-4)
