@@ -11,6 +11,7 @@ Examples:
   quadra-ad-compare --filter "params.model.backbone = 'resnet18' and attributes.status = 'FINISHED'"
   quadra-ad-compare --columns run,model,image_AUROC,params.model.n_features,model_path
   quadra-ad-compare --tracking-uri http://127.0.0.1:5000
+  quadra-ad-compare -e bottle --register bottle --alias champion   (promote the best run's model)
 """
 
 import argparse
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, default=Path("comparison"),
                         help=f"where {CSV_FILE}, {MARKDOWN_FILE} and the plot go (default: ./comparison)")
     parser.add_argument("--plot", action="store_true", help="also write <metric>_by_model.png")
+    parser.add_argument("--register", metavar="NAME", help="register the best run's MLflow model as a new version of NAME")
+    parser.add_argument("--alias", help="with --register: point this alias (e.g. champion) at the new version")
     return parser
 
 
@@ -100,6 +103,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best by {table.sort_metric}: {best.get('run', '')} = {best[table.sort_metric]:.4f}"
               + (f"  {where}" if where else ""))
     print("wrote " + ", ".join(str(path) for path in written if path is not None))
+    if args.register:
+        return _register(tracking_uri, best, args.register, args.alias)
+    return 0
+
+
+def _register(tracking_uri: str, best, name: str, alias: str | None) -> int:
+    """A new version of ``name`` from the best run's logged model (and the alias on it)."""
+    if best is None:
+        return _fail(f"--register {name}: no finished run to register")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run = client.get_run(best["run_id"])
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    if not models:
+        return _fail(f"--register {name}: the best run {best.get('run', '')} logged no MLflow model (it predates "
+                     f"logger.mlflow.log_model or ran with it off); log one by training again")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source=models[0].artifact_location, run_id=run.info.run_id,
+                                          model_id=models[0].model_id)
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    print(f"registered {best.get('run', '')} as models:/{name}/{version.version}"
+          + (f" (models:/{name}@{alias})" if alias else ""))
     return 0
 
 

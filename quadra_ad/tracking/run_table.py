@@ -110,7 +110,7 @@ def build_table(runs, sort_metric: str = "image_AUROC", columns: list[str] | Non
         if varying:
             notes.append(f"params that differ between these runs: {', '.join(_header(c) for c in varying)}")
     # Rows also carry what the "best run" line and the plot need, shown or not.
-    wanted = [*columns, *(c for c in ("run", "model", "status", "model_path", "run_folder", sort_metric) if c not in columns)]
+    wanted = [*columns, *(c for c in ("run", "run_id", "model", "status", "model_path", "run_folder", sort_metric) if c not in columns)]
     readers = {column: _reader(column, runs, metric_names) for column in wanted}
     rows = [{column: read(run) for column, read in readers.items()} for run in runs]
     ranked = sorted(rows, key=lambda row: _rank_key(row.get(sort_metric), row.get("status"), ascending))

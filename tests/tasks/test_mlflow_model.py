@@ -116,3 +116,17 @@ def test_mlflow_models_serve_answers_with_the_training_runs_scores(registered, t
         process.wait(timeout=30)
     scores = [row["raw_score"] for row in answer["predictions"]]
     assert scores == pytest.approx([float(r["raw_score"]) for r in rows], rel=1e-4)
+
+
+def test_compare_registers_the_best_run_with_an_alias(registered, tmp_path, capsys):
+    from quadra_ad.compare_cli import main as compare_main
+
+    task, tracking_uri = registered
+    assert compare_main(["--tracking-uri", tracking_uri, "--output-dir", str(tmp_path), "--register", "line_3",
+                         "--alias", "champion"]) == 0
+    assert "registered" in capsys.readouterr().out
+    version = MlflowClient(tracking_uri).get_model_version_by_alias("line_3", "champion")
+    assert version.run_id == task.tracked_run.run_id
+    rows = _labelled_rows(task.output_dir)[:3]
+    got = Predictor.load("models:/line_3@champion", tracking_uri=tracking_uri).predict([r["image_path"] for r in rows])
+    assert [p.score for p in got] == pytest.approx([float(r["raw_score"]) for r in rows], rel=1e-4)
