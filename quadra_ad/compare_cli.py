@@ -104,34 +104,38 @@ def main(argv: list[str] | None = None) -> int:
               + (f"  {where}" if where else ""))
     print("wrote " + ", ".join(str(path) for path in written if path is not None))
     if args.register:
-        return _register(tracking_uri, best, args.register, args.alias)
+        return _register(tracking_uri, table.rows, args.register, args.alias)
     return 0
 
 
-def _register(tracking_uri: str, best, name: str, alias: str | None) -> int:
-    """A new version of ``name`` from the best run's logged model (and the alias on it)."""
-    if best is None:
-        return _fail(f"--register {name}: no finished run to register")
+def _register(tracking_uri: str, rows: list[dict], name: str, alias: str | None) -> int:
+    """A new version of ``name`` from the logged model of the best finished run that has one (inference
+    runs log none), and the alias on it."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    run = client.get_run(best["run_id"])
-    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{run.info.run_id}'")
-    if not models:
-        return _fail(f"--register {name}: the best run {best.get('run', '')} logged no MLflow model (it predates "
-                     f"logger.mlflow.log_model or ran with it off); log one by training again")
-    from mlflow.exceptions import MlflowException
-
+    for row in rows:
+        if row.get("status") != "FINISHED":
+            continue
+        run = client.get_run(row["run_id"])
+        models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{run.info.run_id}'")
+        if models:
+            break
+    else:
+        return _fail(f"--register {name}: no finished run here logged an MLflow model (training runs log one "
+                     f"unless logger.mlflow.log_model=false)")
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name)
+    # The model's own location as source: a models:/ URI would be resolved against the default store.
     version = client.create_model_version(name, source=models[0].artifact_location, run_id=run.info.run_id,
                                           model_id=models[0].model_id)
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
-    print(f"registered {best.get('run', '')} as models:/{name}/{version.version}"
+    print(f"registered {row.get('run', '')} as models:/{name}/{version.version}"
           + (f" (models:/{name}@{alias})" if alias else ""))
     return 0
 
