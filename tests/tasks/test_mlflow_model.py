@@ -90,7 +90,9 @@ def test_mlflow_models_serve_answers_with_the_training_runs_scores(registered, t
 
     task, tracking_uri = registered
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    # mlflow runs `uvicorn` from PATH: the environment's bin folder first, as when it is activated.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/bottle/1", "--env-manager", "local",
                "-h", "127.0.0.1", "-p", str(port)]
     with (tmp_path / "serve.log").open("w") as log_file:
