@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 _received = False
 _installer_pid: int | None = None
-#: True while :func:`signals_deferred` holds signals back; the signals it held.
+#: True while :func:`signals_deferred` holds signals back, and the signals it has held so far.
 _deferring = False
 _held: list[int] = []
 #: What torch says when a DataLoader worker dies of SIGTERM (signal.strsignal(SIGTERM) on Linux).

@@ -12,11 +12,10 @@ Trains a PaDiM (resnet18, random weights, offline) at ``--size`` px on generated
   Predictor on the OpenVINO export of the same model (when OpenVINO is installed).
 
     python scripts/runtime_benchmark.py
-    python scripts/runtime_benchmark.py --runtime-python /tmp/rt/bin/python --size 256
+    python scripts/runtime_benchmark.py --runtime-python <runtime-only venv>/bin/python --size 256
 """
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile

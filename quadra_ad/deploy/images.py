@@ -29,9 +29,15 @@ def read_raw(path: str | Path) -> np.ndarray:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
         raise DatasetError(f"cannot read image file '{path}': {error.strerror}") from None
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    return decode_image(data, f"image file '{path}'")
+
+
+def decode_image(data: bytes | np.ndarray, source: str) -> np.ndarray:
+    """An encoded image file's bytes (PNG, JPEG, TIFF …) as stored pixels (BGR order, any dtype)."""
+    buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
     if array is None:
-        raise DatasetError(f"cannot read image file '{path}': it is empty, corrupt or not an image")
+        raise DatasetError(f"cannot read {source}: it is empty, corrupt or not an image")
     return array
 
 

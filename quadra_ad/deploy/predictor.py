@@ -12,7 +12,6 @@ torch. Labels follow the card's rule, ``score >= threshold`` (float32 scores, as
 run's predictions.csv).
 """
 
-import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,10 +28,6 @@ from quadra_ad.deploy.preprocess import Preprocessor
 from quadra_ad.deploy.runners import ExportedModel
 from quadra_ad.errors import ConfigError, DatasetError
 from quadra_ad.thresholds import Calibration
-
-log = logging.getLogger(__name__)
-
-THRESHOLD_CHOICES = ("training", "training_pixel")
 
 
 @dataclass

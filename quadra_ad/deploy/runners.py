@@ -116,7 +116,8 @@ class OnnxModel(ExportedModel):
 
 
 class OpenVinoModel(ExportedModel):
-    """OpenVINO IR (``model.xml`` with ``model.bin`` beside it) on OpenVINO's CPU plugin, float32."""
+    """OpenVINO IR (``model.xml`` with ``model.bin`` beside it) on OpenVINO's CPU plugin, float32
+    (the loader refuses any other device)."""
 
     format = "openvino"
 
@@ -127,8 +128,6 @@ class OpenVinoModel(ExportedModel):
         except ImportError:
             raise ConfigError(f"'{path}' is an OpenVINO model but OpenVINO is not installed: pip install "
                               f"'quadra_ad[openvino]' (or run the model.onnx beside it)") from None
-        if device != "cpu":
-            raise ConfigError(f"task.device={device}: quadra_ad runs OpenVINO models on the CPU; use task.device=cpu")
         try:
             # f32: the CPU plugin would otherwise pick bf16 on CPUs that have it, changing the scores.
             self.compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})

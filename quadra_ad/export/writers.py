@@ -90,13 +90,11 @@ def export_openvino(
     graph: AnomalyGraph, example: torch.Tensor, folder: Path, opset_version: int | None = None, dynamic: bool = True
 ) -> Path:
     """OpenVINO IR (``model.xml`` + ``model.bin``, float32 weights) converted from an ONNX export of
-    the graph; the weights file takes its name first, so a complete ``model.xml`` always has its own."""
-    try:
-        import openvino as ov
-    except ImportError:
-        raise ExportError("export.types has 'openvino' but OpenVINO is not installed: pip install 'quadra_ad[openvino]', "
-                          "or remove 'openvino' from export.types") from None
+    the graph; the weights file takes its name first, so a complete ``model.xml`` always has its own.
+    OpenVINO's presence was checked with the export settings, before training."""
     import tempfile
+
+    import openvino as ov
 
     path = folder / "model.xml"
     with tempfile.TemporaryDirectory(dir=folder, prefix=".openvino-") as scratch:

@@ -11,15 +11,12 @@ Output: one row per image — raw_score, normalized_score, predicted_label, thre
 """
 
 import base64
-import logging
 from pathlib import Path
 
 import mlflow
 import numpy as np
 
 from quadra_ad.deploy.model_uri import DEPLOYMENT_ARTIFACT
-
-log = logging.getLogger(__name__)
 
 #: Where the model sits in its run.
 MODEL_ARTIFACT = "model"
@@ -35,19 +32,14 @@ class PredictorModel(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.load(context.artifacts[DEPLOYMENT_ARTIFACT])
 
     def predict(self, context, model_input, params=None):
-        import cv2
         import pandas as pd
 
-        from quadra_ad.deploy.images import to_unit_rgb
-        from quadra_ad.errors import DatasetError
+        from quadra_ad.deploy.images import decode_image, to_unit_rgb
 
         images = []
         for index, encoded in enumerate(model_input["image"]):
-            data = np.frombuffer(base64.b64decode(encoded), dtype=np.uint8)
-            array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-            if array is None:
-                raise DatasetError(f"row {index}: 'image' is not a base64-encoded image file")
-            images.append(to_unit_rgb(array, bgr=True, source=f"row {index}"))
+            source = f"row {index} ('image' must be a base64-encoded image file)"
+            images.append(to_unit_rgb(decode_image(base64.b64decode(encoded), source), bgr=True, source=source))
         predictions = self.predictor.predict(images) if images else []
         return pd.DataFrame([[p.score, p.normalized_score, p.label, p.threshold] for p in predictions],
                             columns=OUTPUT_COLUMNS)

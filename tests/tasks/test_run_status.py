@@ -52,6 +52,15 @@ def test_ctrl_c_ends_the_run_killed(segmentation_dataset, tmp_path, monkeypatch)
     assert mlflow_run.info.status == "KILLED"
 
 
+def _wait_until_training_runs(process: subprocess.Popen, tmp_path) -> None:
+    """Lightning's CSV log appears once the first epoch is done: training is under way."""
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")):
+        assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+        assert time.monotonic() < deadline, "training did not start within 180 s"
+        time.sleep(0.2)
+
+
 def test_ctrl_c_sent_to_the_command_during_training_ends_the_run_killed(segmentation_dataset, tmp_path):
     command = [*QUADRA_AD, "experiment=base/anomaly/stfpm", "trainer.max_epochs=100000", "export.types=[]",
                *fast_overrides(segmentation_dataset, tmp_path)]
@@ -61,12 +70,7 @@ def test_ctrl_c_sent_to_the_command_during_training_ends_the_run_killed(segmenta
         process = subprocess.Popen(command, cwd=tmp_path, env=quadra_ad_env(), stdout=out, stderr=err_file,
                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
-            # Lightning's CSV log appears once the first epoch is done: training is under way.
-            deadline = time.monotonic() + 180
-            while not list(tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")):
-                assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
-                assert time.monotonic() < deadline, "training did not start within 180 s"
-                time.sleep(0.2)
+            _wait_until_training_runs(process, tmp_path)
             ignored = _ignored_signals(process.pid)
             process.send_signal(signal.SIGINT)
             process.wait(timeout=180)
@@ -136,11 +140,7 @@ def _signal_group_once_training_runs(command, tmp_path, signum) -> tuple[int, st
     with (tmp_path / "stdout.txt").open("w") as out, (tmp_path / "stderr.txt").open("w") as err_file:
         process = _start_in_own_group(command, tmp_path, out, err_file)
         try:
-            deadline = time.monotonic() + 180
-            while not list(tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")):
-                assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
-                assert time.monotonic() < deadline, "training did not start within 180 s"
-                time.sleep(0.2)
+            _wait_until_training_runs(process, tmp_path)
             os.killpg(process.pid, signum)
             process.wait(timeout=120)
         finally:
