@@ -18,6 +18,7 @@ from quadra_ad.deploy.model_card import (
     ModelCard,
     file_sha256,
     locate_exported_model,
+    weights_file,
 )
 from quadra_ad.deploy.runners import ExportedModel, OnnxModel, OpenVinoModel, TorchScriptModel, first_line
 from quadra_ad.errors import ConfigError
@@ -62,7 +63,7 @@ def _check_card_belongs_to(card: ModelCard, card_path: Path, graph_file: Path) -
         log.warning("'%s' predates graph hashes (schema %s): it cannot be checked against '%s'",
                     card_path, card.schema_version, graph_file.name)
         return
-    weights = graph_file.with_suffix(".bin") if graph_file.suffix.lower() in OPENVINO_SUFFIXES else None
+    weights = weights_file(graph_file)
     if not card.describes(graph_file) or (weights is not None and file_sha256(weights) not in card.sha256.values()):
         raise ConfigError(
             f"'{card_path}' was written for other graph files than '{graph_file}' (content hash differs: the card "

@@ -23,6 +23,8 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")
 ONNX_SUFFIXES = (".onnx",)
 #: OpenVINO IR: the ``.xml`` graph, its weights in the ``.bin`` of the same name beside it.
 OPENVINO_SUFFIXES = (".xml",)
+#: ONNX weights kept outside the graph (external data) when they are large; the graph names this file.
+ONNX_WEIGHTS = "model.onnx.data"
 #: Graph files looked for, in this order, when a deployment folder is given.
 GRAPH_FILES = ("model.onnx", "model.xml", "model.pt")
 #: The region-of-interest mask, shipped beside model.json when the training used one.
@@ -95,6 +97,17 @@ class ModelCard:
     @classmethod
     def read(cls, path: Path) -> "ModelCard":
         return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def weights_file(graph_file: Path) -> Path | None:
+    """The file holding ``graph_file``'s weights when they live beside it: OpenVINO's ``.bin``,
+    ONNX's external data (when the export wrote it); None when the graph file holds them."""
+    suffix = graph_file.suffix.lower()
+    if suffix in OPENVINO_SUFFIXES:
+        return graph_file.with_suffix(".bin")
+    if suffix in ONNX_SUFFIXES and (graph_file.parent / ONNX_WEIGHTS).is_file():
+        return graph_file.parent / ONNX_WEIGHTS
+    return None
 
 
 def file_sha256(path: Path) -> str:

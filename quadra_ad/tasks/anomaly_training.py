@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from quadra_ad.callbacks.from_config import build_callbacks, without_auroc_checkpoints
 from quadra_ad.callbacks.score_collector import ScoreCollector
 from quadra_ad.config.instantiation import instantiate_node
-from quadra_ad.deploy.model_card import ModelCard, file_sha256
+from quadra_ad.deploy.model_card import ModelCard, file_sha256, weights_file
 from quadra_ad.errors import DatasetError, QuadraADError
 from quadra_ad.export.graph import AnomalyGraph
 from quadra_ad.export.writers import check_export_config, export_graph, write_valid_area_mask
@@ -165,8 +165,10 @@ class AnomalyTrainingTask(Task):
     # -- helpers ---------------------------------------------------------------------------
     def _graph_hashes(self) -> dict[str, str]:
         hashes = {k: file_sha256(p) for k, (p, _) in self.exported.items()}
-        if "openvino" in self.exported:  # the IR's weights live in the .bin beside the .xml
-            hashes["openvino_weights"] = file_sha256(self.exported["openvino"][0].with_suffix(".bin"))
+        for export_type, (path, _) in self.exported.items():  # OpenVINO's .bin, large ONNX weights
+            weights = weights_file(path)
+            if weights is not None:
+                hashes[f"{export_type}_weights"] = file_sha256(weights)
         return hashes
 
     def _model_card(self, valid_area_mask: Path | None) -> ModelCard:

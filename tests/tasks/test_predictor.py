@@ -200,3 +200,36 @@ def test_openvino_weights_of_another_model_are_refused(trained_openvino, tmp_pat
     (folder / "model.bin").unlink()
     with pytest.raises(ConfigError, match="its weights 'model.bin' are missing beside it"):
         Predictor.load(folder / "model.xml")
+
+
+def test_large_onnx_weights_go_beside_the_graph_and_are_checked(segmentation_dataset, tmp_path):
+    """Weights over export.writers.ONNX_EXTERNAL_DATA_BYTES go to model.onnx.data (the limit is
+    lowered so a test-sized PaDiM crosses it); scores, hashes and file mode as for one file."""
+    import os
+    import shutil
+
+    from quadra_ad.deploy.model_card import ModelCard
+    from quadra_ad.export import writers
+    from quadra_ad.run import run
+    from tests.conftest import training_config
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(writers, "ONNX_EXTERNAL_DATA_BYTES", 0)
+        training = run(training_config("base/anomaly/padim", segmentation_dataset, None, "export.types=[onnx]"),
+                       output_dir=tmp_path / "run")
+    folder = training.output_dir / "deployment_model"
+    weights = folder / "model.onnx.data"
+    assert weights.stat().st_size > 10 * (folder / "model.onnx").stat().st_size
+    assert os.stat(weights).st_mode & 0o777 == os.stat(folder / "model.onnx").st_mode & 0o777
+    assert set(ModelCard.read(folder / "model.json").sha256) == {"onnx", "onnx_weights"}
+    rows = [row for row in _training_rows(training.output_dir) if row["label"] != ""]
+    predictions = Predictor.load(folder).predict([row["image_path"] for row in rows])
+    _assert_scores_match({p.source: p.score for p in predictions}, {r["image_path"]: float(r["raw_score"]) for r in rows})
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    data = np.fromfile(copy / "model.onnx.data", dtype=np.uint8)
+    data[len(data) // 2] ^= 1
+    data.tofile(copy / "model.onnx.data")
+    with pytest.raises(ConfigError, match="was written for other graph files"):
+        Predictor.load(copy)
