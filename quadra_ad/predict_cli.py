@@ -118,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     from quadra_ad.deploy.predictor import Predictor  # after the argument checks: loading takes a moment
 
     try:
-        predictor = Predictor.load(args.model, threshold=args.threshold, device=args.device)
+        predictor = Predictor.load(args.model, threshold=args.threshold, device=args.device,
+                                   key_names={"task.model_path": "MODEL", "task.device": "--device"})
     except QuadraADError as error:
-        _fail(str(error).replace("task.model_path", "MODEL"))
+        _fail(str(error))
     if args.heatmaps is not None:
         if predictor.card.has_anomaly_map is False:
             _fail("--heatmaps: this model scores whole images and has no anomaly map")

@@ -54,6 +54,10 @@ class Prediction:
         return self.label == 1
 
 
+#: The settings in the loader's messages, as :meth:`Predictor.load`'s arguments.
+PYTHON_KEY_NAMES = {"task.model_path": "Predictor.load path", "task.device": "device"}
+
+
 class Predictor:
     """An exported model with its card, ready to score images.
 
@@ -71,13 +75,23 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, threshold: str | float = "training", device: str = "cpu",
-             tracking_uri: str | None = None) -> "Predictor":
+             tracking_uri: str | None = None, key_names: dict[str, str] | None = None) -> "Predictor":
         """``path``: a deployment folder (model.onnx preferred, then model.xml, then model.pt), a
         graph file with its model.json beside it, or an MLflow model URI (``models:/bottle/3``,
-        ``models:/bottle@champion``, ``runs:/<run id>/model``) in the store at ``tracking_uri``."""
-        if is_model_uri(path):
-            path = fetch_deployment_folder(str(path), tracking_uri)
-        return cls(load_exported_model(path, device), threshold)
+        ``models:/bottle@champion``, ``runs:/<run id>/model``) in the store at ``tracking_uri``.
+
+        ``key_names``: what the caller's user calls ``task.model_path`` and ``task.device`` in the
+        one-line errors (the CLI's ``MODEL``); by default this method's argument names.
+        """
+        try:
+            if is_model_uri(path):
+                path = fetch_deployment_folder(str(path), tracking_uri)
+            return cls(load_exported_model(path, device), threshold)
+        except ConfigError as error:
+            message = str(error)
+            for key, name in (PYTHON_KEY_NAMES if key_names is None else key_names).items():
+                message = message.replace(key, name)
+            raise type(error)(message) from None
 
     @property
     def calibration(self) -> Calibration:

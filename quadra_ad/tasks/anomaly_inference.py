@@ -73,7 +73,8 @@ class AnomalyInferenceTask(Task):
     def prepare(self) -> None:
         self.save_resolved_config()
         # The one runner of exported models; the datamodule reads labels and masks beside the images.
-        self.predictor = Predictor.load(self.model_path, device=self.device, tracking_uri=self._tracking_uri())
+        self.predictor = Predictor.load(self.model_path, device=self.device, tracking_uri=self._tracking_uri(),
+                                        key_names={})
         self.model = self.predictor.model
         card = self.model.card
         if card.input_channels != 3:

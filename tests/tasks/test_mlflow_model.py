@@ -46,12 +46,49 @@ def test_the_run_logs_and_registers_its_model_which_mlflow_loads_and_predicts_wi
     mlflow.set_tracking_uri(tracking_uri)
     try:
         model = mlflow.pyfunc.load_model("models:/bottle/1")
-        assert model.metadata.signature.inputs.input_names() == ["image"]
+        assert model.metadata.signature.inputs.input_names() == ["image", "array"]
         out = model.predict(pd.DataFrame({"image": [encode_image_file(r["image_path"]) for r in rows]}))
+        # The same images as pixels: 8-bit (the default), 16-bit and float, mixed with files in one table.
+        rgb = [_rgb8(r["image_path"]) for r in rows]
+        mixed = model.predict(pd.DataFrame({"image": [encode_image_file(rows[0]["image_path"])] + [None] * 4,
+                                            "array": [None] + [a.tolist() for a in rgb[1:]]}))
+        wide = model.predict(pd.DataFrame({"array": [(a.astype("uint16") * 257).tolist() for a in rgb]}),
+                             params={"array_dtype": "uint16"})
+        unit = model.predict(pd.DataFrame({"array": [(a / 255.0).tolist() for a in rgb]}), params={"array_dtype": "float"})
     finally:
         mlflow.set_tracking_uri(None)
     assert list(out.columns) == ["raw_score", "normalized_score", "predicted_label", "threshold"]
-    assert list(out["raw_score"]) == pytest.approx([float(r["raw_score"]) for r in rows], rel=1e-4)
+    expected = [float(r["raw_score"]) for r in rows]
+    for answer in (out, mixed, wide, unit):
+        assert list(answer["raw_score"]) == pytest.approx(expected, rel=1e-4)
+
+
+def _rgb8(path: str):
+    import cv2
+
+    return cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+
+
+@pytest.mark.parametrize(("table", "params", "message"), [
+    ({"image": ["bm90IGFuIGltYWdl"]}, None, "cannot read row 0 ('image' must be a base64-encoded image file)"),
+    ({"image": ["***"]}, None, "it is not base64"),
+    ({"image": [None], "array": [None]}, None, "row 0: give exactly one of 'image'"),
+    ({"array": [[[300, 0], [0, 0]]]}, None, "values must lie in 0-255 for array_dtype=uint8 (found 0 to 300)"),
+    ({"array": [[[1, 2], [3]]]}, None, "'array' must be nested lists of numbers"),
+    ({"array": [[[0.5, 0.5], [0.5, 0.5]]]}, {"array_dtype": "int8"}, "params.array_dtype='int8'"),
+])
+def test_wrong_rows_are_one_line_naming_the_row(registered, table, params, message):
+    from mlflow.exceptions import MlflowException
+
+    _, tracking_uri = registered
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/bottle/1")
+        with pytest.raises(MlflowException) as raised:
+            model.predict(pd.DataFrame(table), params=params)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert message in str(raised.value) and "\n" not in str(raised.value).strip()
 
 
 @pytest.mark.parametrize("uri", ["models:/bottle/1", "models:/bottle@champion", "runs:/{run_id}/model"])
@@ -108,16 +145,32 @@ def test_mlflow_models_serve_answers_with_the_training_runs_scores(registered, t
             except OSError:
                 time.sleep(0.5)
         rows = _labelled_rows(task.output_dir)
-        body = {"dataframe_split": {"columns": ["image"], "data": [[encode_image_file(r["image_path"])] for r in rows]}}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
+        files = {"dataframe_split": {"columns": ["image"], "data": [[encode_image_file(r["image_path"])] for r in rows]}}
+        arrays = {"dataframe_records": [{"array": (_rgb8(r["image_path"]) / 255.0).tolist()} for r in rows],
+                  "params": {"array_dtype": "float"}}
+        answers = [_post(port, body) for body in (files, arrays)]
+        status, refusal = _post(port, {"dataframe_records": [{"array": [[256]]}]})
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
-    scores = [row["raw_score"] for row in answer["predictions"]]
-    assert scores == pytest.approx([float(r["raw_score"]) for r in rows], rel=1e-4)
+    for status_code, answer in answers:
+        assert status_code == 200
+        scores = [row["raw_score"] for row in answer["predictions"]]
+        assert scores == pytest.approx([float(r["raw_score"]) for r in rows], rel=1e-4)
+    assert status == 400 and "row 0: 'array' values must lie in 0-255" in refusal["message"]
+
+
+def _post(port: int, body: dict) -> tuple[int, dict]:
+    """(HTTP status, JSON answer) of POST /invocations."""
+    import urllib.error
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
 def test_compare_registers_the_best_run_with_an_alias(registered, tmp_path, capsys):

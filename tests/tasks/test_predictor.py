@@ -123,8 +123,10 @@ def test_wrong_inputs_are_one_line_each(trained, tmp_path):
         predictor.predict(np.zeros((32, 32), dtype=np.int32))
     with pytest.raises(ConfigError, match="cannot predict on a dict"):
         predictor.predict({"image": 1})
-    with pytest.raises(ConfigError, match="no model.onnx, model.xml, model.pt in"):
+    with pytest.raises(ConfigError, match="^Predictor.load path '.*': no model.onnx, model.xml, model.pt in"):
         Predictor.load(tmp_path)
+    with pytest.raises(ConfigError, match="^device=cud: quadra_ad|^device must be 'cpu' or 'cuda"):
+        Predictor.load(training.output_dir / "deployment_model", device="cud")
 
 
 def test_the_predictor_runs_an_onnx_model_without_torch(trained):
