@@ -95,10 +95,8 @@ class _Writer:
 
 
 def write_heatmap(prediction, folder: Path, low: float, high: float) -> Path:
-    """The raw anomaly map over the image, coloured from ``low`` (blue) to ``high`` (red)."""
-    from quadra_ad.deploy.images import read_image_array
-
-    image = read_image_array(prediction.source)
+    """The raw anomaly map over the image (kept by the Predictor), coloured from ``low`` (blue) to ``high`` (red)."""
+    image = prediction.image
     span = high - low if high > low else 1.0
     level = np.clip((prediction.anomaly_map_original - low) / span, 0.0, 1.0)
     colour = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
@@ -141,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
         progress = tqdm(unit="img", file=sys.stderr)
     try:
-        for prediction in predictor.predict_stream(iter_images(args.images), args.batch, on_error=skip):
+        for prediction in predictor.predict_stream(iter_images(args.images), args.batch, on_error=skip,
+                                                   keep_images=args.heatmaps is not None):
             writer.write(prediction)
             if args.heatmaps is not None:
                 write_heatmap(prediction, args.heatmaps, low, high)

@@ -48,6 +48,8 @@ class Prediction:
     anomaly_map: np.ndarray | None
     anomaly_map_original: np.ndarray | None
     source: str = ""
+    #: The image as read (float RGB in [0, 1], original size), kept only when asked (``keep_images``).
+    image: np.ndarray | None = None
 
     @property
     def is_anomalous(self) -> bool:
@@ -116,36 +118,40 @@ class Predictor:
         return list(self.predict_stream(list(images), batch_size))
 
     def predict_stream(
-        self, images: Iterable[Any], batch_size: int = 16, on_error: Callable[[str, DatasetError], None] | None = None
+        self, images: Iterable[Any], batch_size: int = 16, on_error: Callable[[str, DatasetError], None] | None = None,
+        keep_images: bool = False,
     ) -> Iterator[Prediction]:
         """Predictions one by one, ``batch_size`` images in memory at a time (any number of images).
 
         ``on_error(source, error)``: called for an image that cannot be read or prepared, which is
-        then skipped; without it the error is raised.
+        then skipped; without it the error is raised. ``keep_images``: each prediction carries the
+        image it scored (for overlays, without reading the file twice).
         """
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-        pending: list[tuple[np.ndarray, tuple[int, int], str]] = []
+        pending: list[tuple[np.ndarray, tuple[int, int], str, np.ndarray | None]] = []
         for index, image in enumerate(images):
             source = str(image) if isinstance(image, str | Path) else f"image {index}"
             try:
-                prepared, original_size = self.prepare(image, source)
+                rgb = as_rgb(image, source)
+                prepared = self.preprocess(rgb, source)
             except DatasetError as error:
                 if on_error is None:
                     raise
                 on_error(source, error)
                 continue
-            pending.append((prepared, original_size, source))
+            pending.append((prepared, rgb.shape[:2], source, rgb if keep_images else None))
             if len(pending) == batch_size:
                 yield from self._predict_batch(pending)
                 pending = []
         if pending:
             yield from self._predict_batch(pending)
 
-    def _predict_batch(self, pending: list[tuple[np.ndarray, tuple[int, int], str]]) -> Iterator[Prediction]:
-        scores, maps = self.run(np.stack([prepared for prepared, _, _ in pending]))
+    def _predict_batch(self, pending: list[tuple[np.ndarray, tuple[int, int], str, np.ndarray | None]]
+                       ) -> Iterator[Prediction]:
+        scores, maps = self.run(np.stack([prepared for prepared, _, _, _ in pending]))
         normalized = self.calibration.normalize(scores.astype(np.float64))
-        for i, (_, original_size, source) in enumerate(pending):
+        for i, (_, original_size, source, rgb) in enumerate(pending):
             score = float(scores[i])
             anomaly_map = maps[i] if maps is not None else None
             yield Prediction(
@@ -157,6 +163,7 @@ class Predictor:
                 anomaly_map=anomaly_map,
                 anomaly_map_original=None if anomaly_map is None else self.preprocess.to_original(anomaly_map, original_size),
                 source=source,
+                image=rgb,
             )
 
 
