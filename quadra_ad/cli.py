@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from quadra_ad.config.experiment_source import register_experiment_sources
 from quadra_ad.config.locations import config_dir
-from quadra_ad.config.preflight import check_group_choices, compose_checked, group_options
+from quadra_ad.config.preflight import check_group_choices, compose_checked, expand_category_patterns, group_options
 from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import QuadraADError
 from quadra_ad.interrupts import Terminated, install_sigterm_handler, sigterm_received
@@ -36,8 +36,6 @@ TERMINATED = ("quadra-ad: terminated (SIGTERM): what the run wrote so far stays 
               "is marked KILLED")
 #: What a process stopped by SIGTERM exits with (128 + 15), as shells report it.
 EXIT_TERMINATED = 143
-#: Jobs of this multirun that failed: (which job, its error line, whether it was a user mistake).
-_FAILED_JOBS: list[tuple[str, str, bool]] = []
 
 
 def one_line(error: BaseException) -> str:
@@ -74,14 +72,16 @@ def _print_tracking(task) -> None:
         print(f"quadra-ad: to browse it: {tracked.ui_hint()}")
 
 
-def _mark_run_folder_failed(error: BaseException) -> None:
-    """A job that stops on a mistake leaves its (Hydra-made) folder marked, not a silent stub."""
+def _mark_run_folder_failed(error: BaseException, mistake: bool = True) -> None:
+    """A job that stops leaves its (Hydra-made) folder marked, not a silent stub; the sweep report
+    reads the mark (``error`` for a mistake, ``crashed`` otherwise)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         folder = HydraConfig.get().runtime.output_dir
+        line = f"error: {one_line(error)}" if mistake else f"crashed: {type(error).__name__}: {one_line(error)}"
         with open(os.path.join(folder, FAILED_MARKER), "w", encoding="utf-8") as handle:
-            handle.write(f"quadra-ad: error: {one_line(error)}\n")
+            handle.write(f"quadra-ad: {line}\n")
     except (ValueError, OSError):
         pass
 
@@ -113,7 +113,6 @@ def _record_failed_job(job: str, cfg: DictConfig, task, error: BaseException, mi
             print(f"quadra-ad: {failure}", file=sys.stderr)
     line = one_line(error) if mistake else f"{type(error).__name__}: {one_line(error)}"
     print(f"quadra-ad: {job} failed: {line}", file=sys.stderr)
-    _FAILED_JOBS.append((job, line, mistake))
     return math.nan
 
 
@@ -153,7 +152,7 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             sys.exit(EXIT_TERMINATED)
         if isinstance(error, Exception) and (job := _job_in_sweep()):
             logging.getLogger(__name__).error("%s crashed", job, exc_info=True)  # the job's log keeps the trace
-            _mark_run_folder_failed(error)
+            _mark_run_folder_failed(error, mistake=False)
             return _record_failed_job(job, cfg, task, error, mistake=False)
         raise
     print(f"quadra-ad: run folder {task.output_dir}")
@@ -192,6 +191,7 @@ def main() -> None:
         return
     install_sigterm_handler()
     try:
+        args = sys.argv[1:] = expand_category_patterns(args)
         check_group_choices(args)
         register_experiment_sources()
         register_resolvers()
@@ -206,9 +206,19 @@ def main() -> None:
         print(TERMINATED_AT_START, file=sys.stderr)
         sys.exit(EXIT_TERMINATED)
     _hydra_entry()
-    if _FAILED_JOBS:
-        print(f"quadra-ad: {len(_FAILED_JOBS)} sweep job{'s' if len(_FAILED_JOBS) > 1 else ''} failed; the others ran:",
+    _exit_for_failed_jobs()
+
+
+def _exit_for_failed_jobs() -> None:
+    """After a sweep: list its failed jobs (whichever launcher ran them); exit 2 when all were
+    mistakes, 1 when any crashed or left nothing."""
+    from quadra_ad.sweep_summary import FINISHED_SWEEPS
+
+    failed = [job for jobs in FINISHED_SWEEPS for job in jobs if job.status != "FINISHED"]
+    if not failed:
+        return
+    print(f"quadra-ad: {len(failed)} sweep job{'s' if len(failed) > 1 else ''} failed; the others ran:", file=sys.stderr)
+    for job in failed:
+        print(f"quadra-ad: failed: {job.label}: {job.error or 'no output (the job did not start or was killed)'}",
               file=sys.stderr)
-        for job, line, _ in _FAILED_JOBS:
-            print(f"quadra-ad: failed: {job}: {line}", file=sys.stderr)
-        sys.exit(2 if all(mistake for _, _, mistake in _FAILED_JOBS) else 1)
+    sys.exit(2 if all(job.mistake for job in failed) else 1)

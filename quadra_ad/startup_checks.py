@@ -52,6 +52,7 @@ def check_dataset_folder(cfg: DictConfig) -> None:
     node = cfg.get("datamodule")
     if node is None or node.get("_target_") != FOLDER_DATAMODULE:
         return
+    from quadra_ad.datamodules.layout import category_folder
     from quadra_ad.datamodules.preflight import check_dataset
 
     preparation = {"crop_area": node.get("crop_area"), "valid_area_mask": node.get("valid_area_mask")}
@@ -59,7 +60,7 @@ def check_dataset_folder(cfg: DictConfig) -> None:
         from_card = _inference_preparation(cfg)
         preparation = {key: value if value is not None else from_card[key] for key, value in preparation.items()}
     crop = preparation["crop_area"]
-    check_dataset(node.data_path, node.get("phase", "train"), node.get("mask_suffix", "_mask"),
+    check_dataset(category_folder(node.data_path, node.get("category")), node.get("phase", "train"), node.get("mask_suffix", "_mask"),
                   preparation["valid_area_mask"], list(crop) if crop is not None else None)
 
 

@@ -135,3 +135,31 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
         if isinstance(cause, yaml.YAMLError):
             raise _yaml_error(cause) from None
         raise ConfigError(" ".join(str(error).strip().splitlines()[:2])) from None
+
+
+CATEGORY_KEY = "datamodule.category"
+
+
+def expand_category_patterns(args: list[str]) -> list[str]:
+    """``datamodule.category='*'`` (or ``'b*'``, any shell-style pattern) → the matching category
+    folders under ``datamodule.data_path``, as a sweep Hydra can run: ``datamodule.category=a,b,c``."""
+    import fnmatch
+
+    from quadra_ad.datamodules.layout import list_categories
+
+    expanded = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key != CATEGORY_KEY or not any(char in value for char in "*?["):
+            expanded.append(arg)
+            continue
+        roots = [a.partition("=")[2] for a in args if a.partition("=")[0] == "datamodule.data_path"]
+        if not roots:
+            raise ConfigError(f"{CATEGORY_KEY}={value} needs datamodule.data_path=<folder of categories> on the command line")
+        found = [name for name in list_categories(roots[-1]) if fnmatch.fnmatchcase(name, value)]
+        if not found:
+            raise ConfigError(f"{CATEGORY_KEY}={value}: no category folder (holding train/good) under '{roots[-1]}' matches")
+        if not any(a in ("-m", "--multirun") for a in args) and len(found) > 1:
+            raise ConfigError(f"{CATEGORY_KEY}={value} matches {len(found)} categories ({', '.join(found)}): add -m to run them all")
+        expanded.append(f"{CATEGORY_KEY}={','.join(found)}")
+    return expanded

@@ -13,7 +13,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from quadra_ad.datamodules.dataset import AnomalyDataset, ImagePreparation
-from quadra_ad.datamodules.layout import AnomalyLayout, scan_anomaly_folder
+from quadra_ad.datamodules.layout import AnomalyLayout, category_folder, scan_anomaly_folder
 from quadra_ad.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ class AnomalyDataModule(LightningDataModule):
     """Dataloaders for one anomaly-detection folder.
 
     Args:
-        data_path: dataset root (see :mod:`quadra_ad.datamodules.layout`).
+        data_path: dataset root (see :mod:`quadra_ad.datamodules.layout`), or a collection of
+            category folders with ``category`` naming one (``/data/mvtec`` + ``bottle``).
         phase: ``train`` (needs train/good and test) or ``test`` (inference: only test).
         image_size: (height, width) fed to the model.
         mean, std: normalisation statistics.
@@ -49,6 +50,7 @@ class AnomalyDataModule(LightningDataModule):
         train_batch_size: int = 32,
         test_batch_size: int = 32,
         num_workers: int = 0,
+        category: str | None = None,
     ) -> None:
         super().__init__()
         if data_path is None or str(data_path).strip() == "":
@@ -64,12 +66,13 @@ class AnomalyDataModule(LightningDataModule):
         self.train_batch_size = train_batch_size
         self.test_batch_size = test_batch_size
         self.num_workers = num_workers
+        self.category = category
         self.layout: AnomalyLayout | None = None
         self._preparation: ImagePreparation | None = None
 
     def dataset_root(self) -> Path:
         """The folder holding the layout (subclasses that generate data override this)."""
-        return self.data_path
+        return category_folder(self.data_path, self.category)
 
     def setup(self, stage: str | None = None) -> None:
         if self.layout is not None:

@@ -58,6 +58,28 @@ class AnomalyLayout:
         return digest.hexdigest()[:16]
 
 
+def list_categories(root: str | Path) -> list[str]:
+    """The category folders under ``root`` (an MVTec-style collection): those holding ``train/good``."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    return sorted(child.name for child in root.iterdir()
+                  if not child.name.startswith(".") and (child / "train" / "good").is_dir())
+
+
+def category_folder(data_path: str | Path, category: str | None) -> Path:
+    """``data_path`` itself, or its ``category`` subfolder (``datamodule.category``)."""
+    data_path = Path(data_path).expanduser()
+    if category is None or str(category) == "":
+        return data_path
+    folder = data_path / str(category)
+    if not folder.is_dir():
+        known = list_categories(data_path)
+        hint = f"categories there: {', '.join(known)}" if known else "no category folders (holding train/good) there"
+        raise DatasetError(f"datamodule.category '{category}': no folder '{folder}' ({hint})")
+    return folder
+
+
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 

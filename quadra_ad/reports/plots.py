@@ -80,6 +80,40 @@ def plot_metric_by_model(runs: list[tuple[str, str, float]], metric: str, path: 
     return Path(path)
 
 
+def plot_metric_by_category(jobs: list[tuple[str, str, float | None]], metric: str, path: Path) -> Path:
+    """Grouped bars of ``metric`` per category (``(category, model, value)``), one colour per model.
+
+    Several jobs of one (category, model) — a settings sweep — show their best value. The axis
+    starts near the lowest value, not at 0, so close scores stay apart; the legend sits outside.
+    """
+    best: dict[tuple[str, str], float] = {}
+    for category, model, value in jobs:
+        if value is not None and np.isfinite(value):
+            best[(category, model)] = max(value, best.get((category, model), -np.inf))
+    categories = sorted({c for c, _ in best})
+    models = sorted({m for _, m in best})
+    colours = {model: colormaps["tab10"](i % 10) for i, model in enumerate(models)}
+    width = 0.8 / max(1, len(models))
+    figure = Figure(figsize=(max(5.5, 0.6 * len(categories) * max(1, len(models)) + 2.5), 4.2))
+    axis = figure.subplots()
+    for index, model in enumerate(models):
+        xs = [i + (index - (len(models) - 1) / 2) * width for i, c in enumerate(categories) if (c, model) in best]
+        axis.bar(xs, [best[(c, model)] for c in categories if (c, model) in best], width=width, color=colours[model],
+                 label=model)
+    values = list(best.values())
+    if values:
+        low, high = min(values), max(values)
+        margin = max(0.02, 0.15 * (high - low))
+        axis.set_ylim(max(0.0, low - margin) if low >= 0 else low - margin, high + margin / 2)
+    axis.set_xticks(range(len(categories)), categories, rotation=45 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center")
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric} per category and model", fontsize=10)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    _save(figure, path)
+    return Path(path)
+
+
 def _save(figure: Figure, path: Path) -> None:
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=100, format=Path(path).suffix.lstrip(".") or "png")

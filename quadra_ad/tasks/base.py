@@ -24,6 +24,7 @@ from quadra_ad.interrupts import (
     stopped_by_sigterm,
 )
 from quadra_ad.metrics import Metrics
+from quadra_ad.resources import peak_memory_mb, reset_peak_memory
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ class Task:
         self.metrics: Metrics = Metrics()
         #: Wall seconds per lifecycle step, written to ``timings.json`` and logged as ``time_<step>_s``.
         self.timings: dict[str, float] = {}
+        #: This job's peak resident memory (MB), in ``timings.json`` and logged as ``peak_rss_mb``.
+        self.peak_rss_mb: float | None = None
+        reset_peak_memory()
         #: Where the run was logged (None when it was not); ``tracking_error`` says why not, in one line.
         self.tracked_run = None
         self.tracking_error: str | None = None
@@ -93,6 +97,8 @@ class Task:
             text = str(error).strip()
             tags["quadra_ad.error"] = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:500]
         metrics = {**self.metrics, **{f"time_{step}_s": seconds for step, seconds in self.timings.items()}}
+        if self.peak_rss_mb is not None:
+            metrics["peak_rss_mb"] = self.peak_rss_mb
         try:
             self.tracked_run = track_run(
                 self.config, self.output_dir, metrics, self.tracking_artifacts(), tags, self.tracking_history(),
@@ -169,7 +175,9 @@ class Task:
             step()
         finally:
             self.timings[step.__name__] = round(time.perf_counter() - started, 3)
-            write_text(self.output_dir / TIMINGS_FILE, json.dumps(self.timings, indent=2) + "\n")
+            self.peak_rss_mb = round(peak_memory_mb(), 1)
+            write_text(self.output_dir / TIMINGS_FILE,
+                       json.dumps({**self.timings, "peak_rss_mb": self.peak_rss_mb}, indent=2) + "\n")
 
     def _track_unfinished(self, status: str, error: BaseException) -> None:
         """Log a run that did not finish. Ctrl-C and SIGTERM wait until it is logged, and a SIGTERM

@@ -230,3 +230,11 @@ def log_run(
             log.debug("could not mark run %s FAILED", run_id)
         raise
     return TrackedRun(tracking_uri, experiment_name, experiment_id, run_id, status)
+
+
+def adopt_runs(tracking_uri: str, parent_run_id: str, child_run_ids: list[str]) -> None:
+    """Show ``child_run_ids`` under ``parent_run_id`` in the MLflow UI (its parent-run tag)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    with _one_writer_at_a_time(tracking_uri):
+        for run_id in child_run_ids:
+            client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)

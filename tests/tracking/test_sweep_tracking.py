@@ -44,8 +44,14 @@ def test_two_model_sweep_is_logged_read_back_and_compared(tracking_uri, tmp_path
     client = MlflowClient(tracking_uri=tracking_uri)
     sweep_experiments = [e for e in client.search_experiments() if e.name.startswith("sweep_")]
     experiment = max(sweep_experiments, key=lambda e: e.creation_time)
-    runs = {run.data.tags["quadra_ad.model"]: run for run in client.search_runs([experiment.experiment_id])}
+    sweep_runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in sweep_runs if run.data.tags.get("quadra_ad.task") == "SweepReport"]
+    runs = {run.data.tags["quadra_ad.model"]: run for run in sweep_runs if run is not parent}
     assert set(runs) == {"Padim", "Patchcore"}
+    # The sweep as one parent run over the jobs' runs, holding the sweep report.
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs.values()} == {parent.info.run_id}
+    assert parent.data.metrics["Padim.image_AUROC_mean"] == pytest.approx(runs["Padim"].data.metrics["image_AUROC"])
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"sweep_report.csv", "sweep_report.md"}
     assert {run.data.tags["quadra_ad.sweep_id"] for run in runs.values()} == {experiment.name.removeprefix("sweep_")}
     padim = runs["Padim"]
     assert padim.info.status == "FINISHED"
@@ -105,7 +111,11 @@ def test_a_failing_job_is_logged_failed_and_the_sweep_goes_on(tmp_path):
     assert f"datamodule.data_path '{missing}' does not exist" in summary[0]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name.startswith("sweep_")]
-    runs = {run.info.status: run for run in client.search_runs([experiment.experiment_id])}
+    runs = {run.info.status: run for run in client.search_runs([experiment.experiment_id])
+            if run.data.tags.get("quadra_ad.task") != "SweepReport"}
     assert set(runs) == {"FAILED", "FINISHED"}  # the second job ran after the first failed
+    # The sweep report lists the failed job with its line.
+    report = next((tmp_path / "outputs" / "multirun").glob("*/report/sweep_report.md")).read_text()
+    assert "## Failed jobs" in report and "does not exist" in report
     assert runs["FAILED"].data.tags["quadra_ad.error"].startswith("DatasetError: datamodule.data_path")
     assert runs["FINISHED"].data.params["datamodule.data_path"] == str(good)
