@@ -4,6 +4,10 @@ Reads runs from the MLflow store quadra-ad logged to (the embedded ``./mlflow.db
 or any server URI), ranks them by one metric and prints a table; writes the same table as CSV
 and Markdown, and with ``--plot`` a bar chart of the metric per run grouped by model.
 
+With ``--baseline`` it also holds the runs to an earlier ``runs.csv`` or experiment, per
+(category = data folder name, model): ``--fail-on-regression MARGIN`` exits 1 when a metric
+dropped by more than MARGIN or a baseline pair has no finished run here (a gate for CI).
+
 Examples:
   quadra-ad-compare                                        (every run in ./mlflow.db)
   quadra-ad-compare -e digits_padim -e digits_patchcore --sort-by pixel_AUROC
@@ -12,6 +16,10 @@ Examples:
   quadra-ad-compare --columns run,model,image_AUROC,params.model.n_features,model_path
   quadra-ad-compare --tracking-uri http://127.0.0.1:5000
   quadra-ad-compare -e bottle --register bottle --alias champion   (promote the best run's model)
+  quadra-ad-compare -e sweep_2026-12-07_03-00-00 --baseline baseline/runs.csv --fail-on-regression 0.01
+  quadra-ad-compare -e sweep_2026-12-07_03-00-00 --baseline sweep_2026-11-30_03-00-00 \\
+      --fail-on-regression 0.01 --gate-metrics image_AUROC,pixel_AUROC
+                                  (exit 1 naming each category / model / metric that dropped)
 """
 
 import argparse
@@ -20,6 +28,9 @@ import sys
 from pathlib import Path
 
 from quadra_ad.tracking.mlflow_writer import sqlite_database, sqlite_store_problem
+from quadra_ad.tracking.regression_gate import (
+    Baseline, check_metrics, compare, load_baseline, parse_margin, scored_runs,
+)
 from quadra_ad.tracking.run_table import (
     BUILTIN_COLUMNS, CompareError, build_table, display_path, fetch_runs, to_csv, to_markdown, to_terminal,
 )
@@ -52,6 +63,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", action="store_true", help="also write <metric>_by_model.png")
     parser.add_argument("--register", metavar="NAME", help="register the best run's MLflow model as a new version of NAME")
     parser.add_argument("--alias", help="with --register: point this alias (e.g. champion) at the new version")
+    gate = parser.add_argument_group(
+        "regression gate",
+        "Pairs runs by (category, model): category = the data folder's name (tag quadra_ad.dataset),\n"
+        "model = tag quadra_ad.model. Where several runs share a pair on one side, the best FINISHED one\n"
+        "by --sort-by stands for it. A baseline pair with no FINISHED run here, or whose run lacks a gated\n"
+        "metric, is 'missing' and fails the gate like a regression; a pair new here is listed and never\n"
+        "fails. Runs that are the baseline's own are not checked against it.")
+    gate.add_argument("--baseline", metavar="RUNS_CSV|EXPERIMENT",
+                      help=f"the {CSV_FILE} an earlier quadra-ad-compare wrote (without --columns), or an experiment "
+                           "in this store (all its runs: --filter picks the checked runs only); alone it reports the changes "
+                           "and exits 0")
+    gate.add_argument("--fail-on-regression", metavar="MARGIN",
+                      help="with --baseline: exit 1 when a metric got worse by more than MARGIN (absolute, in the "
+                           "metric's units, e.g. 0.01) or a baseline pair is missing; --register then does nothing")
+    gate.add_argument("--gate-metrics", metavar="METRICS",
+                      help="comma-separated metrics to compare (default: --sort-by); higher is better unless "
+                           "--ascending")
     return parser
 
 
@@ -71,9 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"'{database}' {problem}: move it away (quadra-ad makes a fresh one on its next run) or pass "
                      f"--tracking-uri <uri>")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    skipped = 0
     try:
+        margin = _gate_arguments(args)
         runs = fetch_runs(tracking_uri, args.experiment, args.filter, args.max_runs)
-        table = build_table(runs, args.sort_by, columns, args.ascending)
+        baseline = load_baseline(args.baseline, tracking_uri, args.max_runs) if args.baseline else None
+        if baseline is not None:
+            runs, skipped = _without_baseline_runs(runs, baseline)
+            check_metrics(baseline, _metric_names(runs), _gate_metrics(args), _gate_flag(args), args.sort_by)
+        # A gated job that crashed logged no metric: the gate, not a --sort-by error, must say so.
+        rankable = baseline is None or args.sort_by in _metric_names(runs)
+        table = build_table(runs, args.sort_by, columns, args.ascending) if rankable else None
     except CompareError as error:
         return _fail(str(error))
     except ConnectionError as error:
@@ -84,10 +120,23 @@ def main(argv: list[str] | None = None) -> int:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         return _fail(f"'{database}' is not a readable MLflow store ({type(error).__name__}: {first}); pass "
                      f"--tracking-uri <uri> for another one")
-    if not table.rows:
+    if baseline is None and not table.rows:
         print(f"quadra-ad-compare: no runs match at {tracking_uri}", file=sys.stderr)
         return 1
+    if table is not None and table.rows:
+        _show_and_write(table, args)
+    elif baseline is not None:
+        print(f"(no checked run at {tracking_uri} has {args.sort_by}: no table written)")
+    if skipped:
+        print(f"({skipped} run{'s' * (skipped != 1)} of the baseline itself not checked against it)")
+    if baseline is not None and _gate_fails(baseline, runs, margin, args):
+        return 1  # and registers nothing: a regressed model must not become the champion
+    if args.register:
+        return _register(tracking_uri, table.rows if table is not None else [], args.register, args.alias)
+    return 0
 
+
+def _show_and_write(table, args) -> None:
     print(to_terminal(table), end="")
     for note in table.notes:
         print(f"({note})")
@@ -103,9 +152,52 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best by {table.sort_metric}: {best.get('run', '')} = {best[table.sort_metric]:.4f}"
               + (f"  {where}" if where else ""))
     print("wrote " + ", ".join(str(path) for path in written if path is not None))
-    if args.register:
-        return _register(tracking_uri, table.rows, args.register, args.alias)
-    return 0
+
+
+def _gate_fails(baseline: Baseline, runs, margin: float | None, args) -> bool:
+    """Print what changed against the baseline; True when that fails the gate (only with a margin)."""
+    report = compare(baseline, scored_runs(runs), _gate_metrics(args), margin or 0.0, args.sort_by, args.ascending)
+    for line in report.lines():
+        print(line)
+    print(report.summary(gating=margin is not None))
+    return margin is not None and report.failed
+
+
+def _gate_arguments(args) -> float | None:
+    """The margin when gating, None when not; refuses gate flags that cannot work as given."""
+    written = args.output_dir / CSV_FILE
+    if args.baseline and Path(args.baseline).is_file() and Path(args.baseline).resolve() == written.resolve():
+        # Overwriting it would make this week's runs, regressed or not, next week's baseline.
+        raise CompareError(f"--baseline '{args.baseline}' is the {CSV_FILE} this run writes: keep the baseline "
+                           f"elsewhere (copy it) or pass another --output-dir")
+    if args.fail_on_regression is None:
+        return None
+    if not args.baseline:
+        raise CompareError(f"--fail-on-regression {args.fail_on_regression}: needs --baseline {CSV_FILE}|EXPERIMENT "
+                           f"to compare against")
+    return parse_margin(args.fail_on_regression)
+
+
+def _gate_metrics(args) -> list[str]:
+    if not args.gate_metrics:
+        return [args.sort_by]
+    return list(dict.fromkeys(m.strip() for m in args.gate_metrics.split(",") if m.strip())) or [args.sort_by]
+
+
+def _gate_flag(args) -> str:
+    return "--gate-metrics" if args.gate_metrics else "--sort-by"
+
+
+def _metric_names(runs) -> set[str]:
+    return {name for run in runs for name in run.data.metrics}
+
+
+def _without_baseline_runs(runs, baseline: Baseline):
+    """The checked runs minus the baseline's own: with every experiment selected (the default) a store holding
+    last week's runs would otherwise hold them to themselves, and the gate could never fail."""
+    own = baseline.run_ids
+    kept = [run for run in runs if run.info.run_id not in own]
+    return kept, len(runs) - len(kept)
 
 
 def _register(tracking_uri: str, rows: list[dict], name: str, alias: str | None) -> int:

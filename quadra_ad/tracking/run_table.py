@@ -43,12 +43,17 @@ class CompareError(QuadraADError):
 
 @dataclass
 class RunTable:
-    """Rows of one comparison, best first; ``sort_metric`` is the column they are ranked by."""
+    """Rows of one comparison, best first; ``sort_metric`` is the column they are ranked by.
+
+    ``record_columns`` go to the CSV only, after the shown ones: what a later
+    ``quadra-ad-compare --baseline runs.csv`` needs (the run's dataset, its id, every metric).
+    """
 
     columns: list[str]
     rows: list[dict[str, object]]
     sort_metric: str
     notes: list[str] = field(default_factory=list)
+    record_columns: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> dict[str, object] | None:
@@ -57,8 +62,12 @@ class RunTable:
         return ranked[0] if ranked else None
 
 
-def fetch_runs(tracking_uri: str, experiment_names: list[str] | None, filter_string: str = "", max_runs: int = 1000):
-    """Runs of the named experiments (all experiments with runs when None), tagged with their experiment name."""
+def fetch_runs(tracking_uri: str, experiment_names: list[str] | None, filter_string: str = "", max_runs: int = 1000,
+               flag: str = "--experiment"):
+    """Runs of the named experiments (all experiments with runs when None), tagged with their experiment name.
+
+    ``flag``: the option an unknown experiment name came from, for the error message.
+    """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -71,7 +80,7 @@ def fetch_runs(tracking_uri: str, experiment_names: list[str] | None, filter_str
     if experiment_names:
         for name in experiment_names:
             if name not in by_name:
-                raise CompareError(_unknown("experiment", name, list(by_name), f"at {tracking_uri}", "--experiment"))
+                raise CompareError(_unknown("experiment", name, list(by_name), f"at {tracking_uri}", flag))
         chosen = [by_name[name] for name in experiment_names]
     else:
         chosen = experiments
@@ -85,6 +94,8 @@ def fetch_runs(tracking_uri: str, experiment_names: list[str] | None, filter_str
         first = (str(error.message).strip().splitlines() or ["invalid filter"])[0]
         raise CompareError(f"--filter '{filter_string}' is not a valid MLflow filter: {first}") from error
     names = {experiment.experiment_id: experiment.name for experiment in chosen}
+    # A sweep's parent run holds its report, not a model: it is not one of the runs compared.
+    runs = [run for run in runs if run.data.tags.get("quadra_ad.task") != "SweepReport"]
     for run in runs:
         run.data.tags["quadra_ad.experiment_name"] = names.get(run.info.experiment_id, "")
     return runs
@@ -103,18 +114,22 @@ def build_table(runs, sort_metric: str = "image_AUROC", columns: list[str] | Non
     if sort_metric not in metric_names:
         raise CompareError(_unknown("metric", sort_metric, metric_names, "in these runs", "--sort-by"))
     notes = []
+    record_columns = []
     if columns is None:
         varying = _varying_params(runs)
         metrics = [sort_metric] + [m for m in DEFAULT_METRICS if m != sort_metric and m in metric_names]
         columns = ["run", "experiment", "model", "task", "status", *metrics, *varying, "model_path", "run_folder"]
+        # A CSV chosen with --columns stays exactly as asked; the default one can serve as a baseline.
+        record_columns = ["dataset", "run_id", *(m for m in metric_names if m not in metrics)]
         if varying:
             notes.append(f"params that differ between these runs: {', '.join(_header(c) for c in varying)}")
     # Rows also carry what the "best run" line and the plot need, shown or not.
-    wanted = [*columns, *(c for c in ("run", "run_id", "model", "status", "model_path", "run_folder", sort_metric) if c not in columns)]
+    carried = ("run", "run_id", "model", "status", "model_path", "run_folder", sort_metric, *record_columns)
+    wanted = [*columns, *(c for c in dict.fromkeys(carried) if c not in columns)]
     readers = {column: _reader(column, runs, metric_names) for column in wanted}
     rows = [{column: read(run) for column, read in readers.items()} for run in runs]
     ranked = sorted(rows, key=lambda row: _rank_key(row.get(sort_metric), row.get("status"), ascending))
-    return RunTable(list(columns), ranked, sort_metric, notes)
+    return RunTable(list(columns), ranked, sort_metric, notes, record_columns)
 
 
 def _rank_key(value, status, ascending: bool):
@@ -197,12 +212,13 @@ def _header(column: str) -> str:
 
 # -- writers ---------------------------------------------------------------------------------
 def to_csv(table: RunTable, path: Path) -> Path:
-    """Full values (no shortening), one row per run, best first."""
+    """Full values (no shortening), one row per run, best first; the shown columns, then the record ones."""
+    columns = [*table.columns, *table.record_columns]
     with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow([_header(c) for c in table.columns])
+        writer.writerow([_header(c) for c in columns])
         for row in table.rows:
-            writer.writerow(["" if row[c] is None else row[c] for c in table.columns])
+            writer.writerow(["" if row[c] is None else row[c] for c in columns])
     return Path(path)
 
 
