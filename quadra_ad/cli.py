@@ -22,7 +22,13 @@ from omegaconf import DictConfig
 
 from quadra_ad.config.experiment_source import register_experiment_sources
 from quadra_ad.config.locations import config_dir
-from quadra_ad.config.preflight import check_group_choices, compose_checked, expand_category_patterns, group_options
+from quadra_ad.config.preflight import (
+    check_group_choices,
+    check_plugins,
+    compose_checked,
+    expand_category_patterns,
+    group_options,
+)
 from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import QuadraADError
 from quadra_ad.interrupts import Terminated, install_sigterm_handler, sigterm_received
@@ -192,6 +198,7 @@ def main() -> None:
     install_sigterm_handler()
     try:
         args = sys.argv[1:] = expand_category_patterns(args)
+        check_plugins(args)
         check_group_choices(args)
         register_experiment_sources()
         register_resolvers()
@@ -205,6 +212,11 @@ def main() -> None:
     except Terminated:
         print(TERMINATED_AT_START, file=sys.stderr)
         sys.exit(EXIT_TERMINATED)
+    import warnings
+
+    # Our launcher presets take the plugins' names on purpose; the plugins' schemas still check them.
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema",
+                            category=UserWarning)
     _hydra_entry()
     _exit_for_failed_jobs()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from quadra_ad.reports.sweep_report import JobResult, collect_jobs, write_sweep_report
+from quadra_ad.reports.sweep_report import JobResult, best_job, collect_jobs, write_sweep_report
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class SweepSummary(Callback):
             return
         files = write_sweep_report(sweep_dir, jobs)
         print(f"quadra-ad: sweep report {files[1]} ({len(jobs)} jobs)", file=sys.stderr)
+        _print_best(config, jobs)
         try:
             from quadra_ad.tracking.sweep_parent import log_sweep_parent
 
@@ -45,3 +46,21 @@ class SweepSummary(Callback):
         if parent is not None:
             print(f"quadra-ad: sweep logged as MLflow run {parent.run_id} in experiment '{parent.experiment_name}', "
                   f"the jobs' runs under it", file=sys.stderr)
+
+
+def _print_best(config: DictConfig, jobs: list[JobResult]) -> None:
+    """The best job by ``core.optimized_metric`` (the value a sweeper optimises): its settings,
+    MLflow run and model, so the result of a search is one line away."""
+    from omegaconf import OmegaConf
+
+    metric = OmegaConf.select(config, "core.optimized_metric", default=None)
+    if not metric:
+        return
+    direction = str(OmegaConf.select(config, "hydra.sweeper.direction", default="maximize") or "maximize")
+    best = best_job(jobs, str(metric), maximize=not direction.lower().startswith("min"))
+    if best is None:
+        print(f"quadra-ad: no job of the sweep has {metric}", file=sys.stderr)
+        return
+    model = best.folder / "deployment_model"
+    print(f"quadra-ad: best job by {metric}: {best.label} = {best.metrics[metric]:.4f}; MLflow run "
+          f"{best.run_id or 'not logged'}; model {model.resolve() if model.is_dir() else 'not exported'}", file=sys.stderr)

@@ -163,3 +163,23 @@ def expand_category_patterns(args: list[str]) -> list[str]:
             raise ConfigError(f"{CATEGORY_KEY}={value} matches {len(found)} categories ({', '.join(found)}): add -m to run them all")
         expanded.append(f"{CATEGORY_KEY}={','.join(found)}")
     return expanded
+
+
+#: Hydra plugins behind the launcher and sweeper choices we ship or document: choice → (module, package).
+PLUGINS = {
+    "hydra/launcher=joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+    "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "hydra/launcher=ray": ("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher"),
+    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+}
+
+
+def check_plugins(args: list[str]) -> None:
+    """A launcher or sweeper whose plugin is not installed: one line, before Hydra's traceback."""
+    import importlib.util
+
+    for arg in args:
+        plugin = PLUGINS.get(arg.lstrip("+").replace(" ", ""))
+        if plugin is not None and importlib.util.find_spec(plugin[0]) is None:
+            raise ConfigError(f"{arg.lstrip('+')} needs {plugin[1]}, which is not installed: pip install 'quadra_ad[scale]'")

@@ -105,6 +105,14 @@ def _read_yaml(path: Path):
         return None
 
 
+def best_job(jobs: list[JobResult], metric: str, maximize: bool = True) -> JobResult | None:
+    """The finished job with the best finite ``metric``; None when no job has it."""
+    scored = [job for job in jobs if job.status == "FINISHED" and math.isfinite(job.metrics.get(metric, math.nan))]
+    if not scored:
+        return None
+    return (max if maximize else min)(scored, key=lambda job: job.metrics[metric])
+
+
 def model_summary(jobs: list[JobResult], metrics: tuple[str, ...]) -> list[dict[str, object]]:
     """Per model: finished jobs, failed jobs, and mean ± std (over its finished jobs) of each metric."""
     rows = []
