@@ -32,6 +32,7 @@ from quadra_ad.config.preflight import (
 from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import QuadraADError
 from quadra_ad.interrupts import Terminated, install_sigterm_handler, sigterm_received
+from quadra_ad.quiet import quiet_third_party
 
 #: Set once the whole command line was checked before Hydra started the run.
 _CHECKED_BEFORE_HYDRA = False
@@ -132,6 +133,7 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             check_before_run(cfg)
         from quadra_ad.run import build_task, objective  # deferred: pulls in torch and anomalib
 
+        quiet_third_party(bool(cfg.core.get("verbose", False)))
         task = build_task(cfg)
         task.execute()
     except QuadraADError as error:

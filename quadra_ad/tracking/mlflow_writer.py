@@ -158,11 +158,14 @@ def _log_model(tracking_uri: str, run_id: str, folder: Path, registered_model_na
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
-    # MLflow's warning that a Python object is pickled (ours is a class of this package) and its
-    # artifact progress bars are noise in a run's output.
-    pyfunc_log = logging.getLogger("mlflow.pyfunc")
-    level, progress = pyfunc_log.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    # MLflow's warning that a Python object is pickled (ours is a class of this package), its
+    # artifact progress bars and the load of the model it checks the input example with are noise
+    # in a run's output.
+    pyfunc_log, loader_log = logging.getLogger("mlflow.pyfunc"), logging.getLogger("quadra_ad.deploy.loader")
+    level, loader_level = pyfunc_log.level, loader_log.level
+    progress = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     pyfunc_log.setLevel(logging.ERROR)
+    loader_log.setLevel(logging.WARNING)
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         with _one_writer_at_a_time(tracking_uri):
@@ -170,6 +173,7 @@ def _log_model(tracking_uri: str, run_id: str, folder: Path, registered_model_na
     finally:
         mlflow.set_tracking_uri(previous)
         pyfunc_log.setLevel(level)
+        loader_log.setLevel(loader_level)
         if progress is None:
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
         else:

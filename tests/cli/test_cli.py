@@ -150,6 +150,11 @@ def test_offline_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "mlflow.db").is_file()
     assert f"quadra-ad: run folder {run_dir}" in result.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    # A quiet terminal: no third-party warnings or adverts, each Lightning line once.
+    printed = result.stdout + result.stderr
+    assert "Warning" not in printed and "litlogger" not in printed, result.stderr[-3000:]
+    assert printed.count("GPU available: False") == 1
+    assert "Creating initial MLflow database tables" not in printed
 
     # Second half of the round trip: the exported ONNX model on the same data, from the CLI.
     inference = quadra_ad(
@@ -161,6 +166,7 @@ def test_offline_demo_runs_end_to_end(tmp_path):
         cwd=tmp_path,
     )
     assert inference.returncode == 0, inference.stderr[-3000:]
+    assert "Warning" not in inference.stdout + inference.stderr, inference.stderr[-3000:]
     inference_dir = next((tmp_path / "outputs" / "digits_inference").iterdir())
     inference_metrics = json.loads((inference_dir / "metrics.json").read_text())
     training_metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -225,3 +231,17 @@ def test_tracking_failure_is_one_line_on_stderr_and_the_run_still_succeeds(tmp_p
     assert len(failures) == 1 and failures[0].startswith("quadra-ad: MLflow tracking failed")
     assert failures[0].endswith(f"quadra-ad-upload {run_dir}")
     assert f"quadra-ad: run folder {run_dir}" in result.stdout
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_third_party_warnings_are_hidden_unless_verbose(verbose):
+    import subprocess
+    import sys
+
+    code = ("from quadra_ad.quiet import quiet_third_party; import warnings; "
+            f"quiet_third_party(verbose={verbose}); "
+            "warnings.warn_explicit('old API is deprecated', FutureWarning, 'layers.py', 1, module='timm.models.layers'); "
+            "warnings.warn_explicit('our own warning', UserWarning, 'x.py', 1, module='quadra_ad.x')")
+    stderr = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert "our own warning" in stderr
+    assert ("old API is deprecated" in stderr) == verbose
