@@ -97,7 +97,7 @@ def encode_image_file(path: str | Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def log_deployment_model(run_id: str, folder: Path, registered_model_name: str | None = None) -> None:
+def log_deployment_model(run_id: str, folder: Path, registered_model_name: str | None = None):
     """Log ``folder`` (a deployment_model folder) as the run's MLflow model, and register it when named.
 
     The tracking URI must be set (``mlflow.set_tracking_uri``) by the caller.
@@ -119,7 +119,7 @@ def log_deployment_model(run_id: str, folder: Path, registered_model_name: str |
         params=ParamSchema([ParamSpec("array_dtype", "string", "uint8")]),
     )
     with mlflow.start_run(run_id=run_id):
-        mlflow.pyfunc.log_model(
+        return mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=PredictorModel(),
             artifacts={DEPLOYMENT_ARTIFACT: str(folder)},

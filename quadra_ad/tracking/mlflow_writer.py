@@ -169,7 +169,11 @@ def _log_model(tracking_uri: str, run_id: str, folder: Path, registered_model_na
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         with _one_writer_at_a_time(tracking_uri):
-            log_deployment_model(run_id, folder, registered_model_name)
+            info = log_deployment_model(run_id, folder, registered_model_name)
+        logged = MlflowClient(tracking_uri=tracking_uri).get_logged_model(info.model_id)
+        model_root = local_artifact_path(logged.artifact_location)
+        if model_root is not None:
+            share_copies(folder, model_root / "artifacts" / folder.name)
     finally:
         mlflow.set_tracking_uri(previous)
         pyfunc_log.setLevel(level)
@@ -218,8 +222,11 @@ def log_run(
                 client.log_batch(run_id, params=param_items[start : start + _BATCH])
             for start in range(0, len(metric_items), _BATCH):
                 client.log_batch(run_id, metrics=metric_items[start : start + _BATCH])
+        local_root = local_artifact_path(run.info.artifact_uri)
         for artifact in artifacts:  # files, not the database: no lock
-            if artifact.is_dir():
+            if local_root is not None and artifact.exists():
+                link_or_copy(artifact, local_root / artifact.name)
+            elif artifact.is_dir():
                 client.log_artifacts(run_id, str(artifact), artifact_path=artifact.name)
             elif artifact.is_file():
                 client.log_artifact(run_id, str(artifact))
@@ -242,3 +249,58 @@ def adopt_runs(tracking_uri: str, parent_run_id: str, child_run_ids: list[str]) 
     with _one_writer_at_a_time(tracking_uri):
         for run_id in child_run_ids:
             client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+
+
+def local_artifact_path(uri: str | None) -> Path | None:
+    """The folder of a ``file:`` (or plain path) artifact location; None for a server or a bucket."""
+    if not uri:
+        return None
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and uri[1:3] in (":\\", ":/")):  # a path (or C:\…)
+        return Path(uri)
+    return None
+
+
+def link_or_copy(source: Path, destination: Path) -> None:
+    """``source`` (a file or a folder) at ``destination`` without a second copy of its bytes.
+
+    With the embedded store the artifacts sit on the same disk as the run folder: hard links
+    make them the same files (either can be deleted, the other stays whole; our writers replace
+    files, never rewrite them in place). Across disks, or where links are refused, a copy.
+    """
+    import shutil
+
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for file in files:
+        target = destination if file == source else destination / file.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        try:
+            os.link(file, target)
+        except OSError:
+            shutil.copy2(file, target)
+
+
+def share_copies(original: Path, copy: Path) -> None:
+    """Replace each file under ``copy`` that is byte-identical to the one at the same place under
+    ``original`` by a hard link to it (MLflow copies a logged model's files)."""
+    import filecmp
+
+    if not copy.is_dir():
+        return
+    for file in original.rglob("*"):
+        twin = copy / file.relative_to(original)
+        if not file.is_file() or not twin.is_file() or os.path.samefile(file, twin):
+            continue
+        if not filecmp.cmp(file, twin, shallow=False):
+            continue
+        temporary = twin.with_name(f".{twin.name}.link")
+        try:
+            os.link(file, temporary)
+            os.replace(temporary, twin)
+        except OSError:
+            temporary.unlink(missing_ok=True)

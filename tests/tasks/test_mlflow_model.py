@@ -109,7 +109,7 @@ def test_model_uris_work_in_the_predictor_and_as_the_inference_model_path(regist
 
 def test_a_model_uri_that_is_not_there_is_one_line(registered):
     _, tracking_uri = registered
-    with pytest.raises(ConfigError, match=r"task.model_path 'models:/bottle/7' cannot be fetched from the MLflow store"):
+    with pytest.raises(ConfigError, match=r"^Predictor.load path 'models:/bottle/7' cannot be fetched from the MLflow store"):
         Predictor.load("models:/bottle/7", tracking_uri=tracking_uri)
 
 
@@ -186,3 +186,23 @@ def test_compare_registers_the_best_run_with_an_alias(registered, tmp_path, caps
     rows = _labelled_rows(task.output_dir)[:3]
     got = Predictor.load("models:/line_3@champion", tracking_uri=tracking_uri).predict([r["image_path"] for r in rows])
     assert [p.score for p in got] == pytest.approx([float(r["raw_score"]) for r in rows], rel=1e-4)
+
+
+def test_the_embedded_store_keeps_one_copy_of_every_file(registered):
+    """Run artifacts and the logged model are hard links to the run folder's files, not copies."""
+    from quadra_ad.tracking.mlflow_writer import local_artifact_path
+
+    task, tracking_uri = registered
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(task.tracked_run.run_id)
+    run_artifacts = local_artifact_path(run.info.artifact_uri)
+    (model,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    model_files = local_artifact_path(model.artifact_location) / "artifacts" / "deployment_model"
+    folder = task.output_dir / "deployment_model"
+    for name in ("model.onnx", "model.pt", "model.json"):
+        assert os.path.samefile(folder / name, run_artifacts / "deployment_model" / name)
+        assert os.path.samefile(folder / name, model_files / name)
+    assert os.path.samefile(task.output_dir / "metrics.json", run_artifacts / "metrics.json")
+    # Still an ordinary MLflow artifact: downloaded as a file with the same bytes.
+    downloaded = client.download_artifacts(run.info.run_id, "deployment_model/model.json", str(task.output_dir.parent / "dl"))
+    assert Path(downloaded).read_bytes() == (folder / "model.json").read_bytes()
