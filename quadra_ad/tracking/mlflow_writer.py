@@ -206,6 +206,7 @@ def log_run(
     """
     check_server_reachable(tracking_uri)
     check_sqlite_store_writable(tracking_uri)
+    create_embedded_store(tracking_uri)
     with _one_writer_at_a_time(tracking_uri):
         client = MlflowClient(tracking_uri=tracking_uri)
         experiment_id = _experiment_id(client, tracking_uri, experiment_name, artifact_location)
@@ -304,3 +305,23 @@ def share_copies(original: Path, copy: Path) -> None:
             os.replace(temporary, twin)
         except OSError:
             temporary.unlink(missing_ok=True)
+
+
+def create_embedded_store(tracking_uri: str) -> None:
+    """Create the SQLite store at ``tracking_uri`` if it does not exist yet (other URIs: nothing).
+
+    MLflow builds a new store through dozens of schema migrations; a process killed among them
+    would leave a ``mlflow.db`` no later run or upload can open. So the store is built under
+    another name and takes its own only when complete.
+    """
+    database = sqlite_database(tracking_uri)
+    if database is None or database.exists():
+        return
+    check_sqlite_store_writable(tracking_uri)
+    with _one_writer_at_a_time(tracking_uri):
+        if database.exists():
+            return
+        partial = database.with_name(f".{database.name}.{os.getpid()}.partial")
+        partial.unlink(missing_ok=True)
+        MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
+        os.replace(partial, database)

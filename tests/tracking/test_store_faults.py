@@ -52,3 +52,19 @@ def test_a_metrics_log_cut_short_by_a_stop_still_gives_a_history(tmp_path):
     assert history["train_loss_epoch"] == [(0, 0.52), (1, 0.4)] and history["val_image_AUROC"] == [(0, 0.75)]
     (log / "metrics.csv").write_text("epoch,step,train_loss_epoch\n0,1,0.52\n1,3,0.4e")
     assert read_lightning_history(tmp_path)["train_loss_epoch"] == [(0, 0.52)]
+
+
+def test_a_new_store_takes_its_name_only_when_complete(tmp_path):
+    """Built under another name: a process killed among MLflow's migrations leaves no broken mlflow.db."""
+    from mlflow.tracking import MlflowClient
+
+    from quadra_ad.tracking.mlflow_writer import create_embedded_store
+
+    (tmp_path / ".mlflow.db.1.partial").write_bytes(b"half a store from a killed process")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    create_embedded_store(uri)
+    assert [p.name for p in tmp_path.glob("*.partial")] == [".mlflow.db.1.partial"]
+    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["Default"]
+    before = (tmp_path / "mlflow.db").stat().st_mtime_ns
+    create_embedded_store(uri)  # an existing store is left alone
+    assert (tmp_path / "mlflow.db").stat().st_mtime_ns == before
