@@ -3,11 +3,16 @@ calibrates thresholds on the validation ones.
 
 It is passed to the Trainer, so it runs before any callback the model brings itself: it sees
 scores and maps exactly as the network produced them.
+
+Under DDP each process scores its shard of a split; at the end of each epoch every process gets
+the whole split (each image once, in dataset order), so thresholds, metrics and the validation
+AUROC a checkpoint monitors are computed over all images and are the same in every process.
 """
 
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
+from quadra_ad.distributed import gather_objects, global_order, world_size
 from quadra_ad.metrics import auroc
 from quadra_ad.scored_set import ScoredSet
 from quadra_ad.thresholds import Calibration, calibrate
@@ -55,6 +60,7 @@ class ScoreCollector(Callback):
         self._add(self.validation, outputs)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.validation = _whole_split(self.validation)
         labelled = self.validation.labelled
         # Only during fit: a later re-validation of the best epoch is not a training epoch.
         if not labelled or trainer.state.fn != TrainerFn.FITTING:
@@ -63,7 +69,8 @@ class ScoreCollector(Callback):
         if 0 < int(labels.sum()) < len(labelled):
             # Logged so checkpointing and early stopping can monitor it.
             value = auroc(self.validation.score_tensor(labelled), labels)
-            pl_module.log(VALIDATION_AUROC, value, prog_bar=True, logger=True)
+            # Every process holds the same value: syncing averages it to itself, and tells Lightning so.
+            pl_module.log(VALIDATION_AUROC, value, prog_bar=True, logger=True, sync_dist=world_size() > 1)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.test = ScoredSet()
@@ -71,8 +78,33 @@ class ScoreCollector(Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._add(self.test, outputs)
 
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self.test = _whole_split(self.test)
+
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
         self.predict = ScoredSet()
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._add(self.predict, outputs)
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        self.predict = _whole_split(self.predict)
+
+
+def _whole_split(own: ScoredSet) -> ScoredSet:
+    """Every process's part of a split, merged: each image once, in the order the sampler dealt them."""
+    if world_size() == 1:
+        return own
+    parts = gather_objects(own)
+    merged = ScoredSet()
+    for rank, index in global_order([part.image_paths for part in parts]):
+        part = parts[rank]
+        merged.image_paths.append(part.image_paths[index])
+        merged.labels.append(part.labels[index])
+        merged.defect_types.append(part.defect_types[index])
+        merged.scores.append(part.scores[index])
+        if part.has_maps:
+            merged.maps.append(part.maps[index])
+        if part.has_masks:
+            merged.masks.append(part.masks[index])
+    return merged

@@ -21,6 +21,8 @@ class HeatmapVisualizer(Callback):
         self.plot_raw_outputs = plot_raw_outputs
 
     def on_test_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # under DDP every process holds every test image: one draws them
+            return
         collector = next((cb for cb in trainer.callbacks if isinstance(cb, ScoreCollector)), None)
         if collector is None or collector.calibration is None:
             return

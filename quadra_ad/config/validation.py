@@ -6,6 +6,7 @@ Keys a config does not have are skipped (an inference run has no trainer). Missi
 values (``???``) are reported the way the instantiation reports them.
 """
 
+import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,53 @@ def _devices(value: Any) -> bool:
     return (_whole(value) and value >= 1) or value == "auto" or (_sequence(value) and all(_whole(v) for v in value))
 
 
+#: ``trainer.strategy`` values a run supports. ``ddp`` is Lightning's DDP started from the command
+#: line (one process per device; gloo on CPU); the spawn/fork variants cannot hand the collected
+#: scores back to the run (see quadra_ad/tasks/anomaly_training.py).
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
+
+
+def _strategy(value: Any) -> bool:
+    return value in STRATEGIES
+
+
+def _process_count(devices: Any) -> int | None:
+    """How many processes ``trainer.devices`` asks for on one machine (None: Lightning decides)."""
+    if _whole(devices):
+        return devices
+    if _sequence(devices):
+        return len(devices)
+    return None
+
+
+def distributed_mistakes(cfg: DictConfig) -> list[str]:
+    """What is wrong in how ``trainer.strategy``, ``trainer.devices`` and ``trainer.accelerator`` go together."""
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto", throw_on_missing=False)
+    if not isinstance(strategy, str) or not _strategy(strategy):
+        return []  # reported by the rule for the value itself
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1, throw_on_missing=False)
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto", throw_on_missing=False)
+    num_nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1, throw_on_missing=False)
+    processes = _process_count(devices)
+    if accelerator == "cpu" and _sequence(devices):
+        return [f"trainer.devices={_shown(devices)} (on CPU it takes the number of processes, e.g. 2)"]
+    if strategy == "auto" and processes is not None and processes > 1:
+        return [f"trainer.devices={_shown(devices)} needs trainer.strategy=ddp (one process per device; on CPU "
+                f"they talk through gloo), e.g. trainer=ddp_cpu or trainer=ddp for GPUs"]
+    if strategy != "auto" and processes == 1 and num_nodes in (None, 1):
+        return [f"trainer.strategy={strategy} with trainer.devices=1 starts a single process: set trainer.devices "
+                f"to the number of processes (e.g. 2), or trainer.strategy=auto"]
+    if strategy != "auto" and OmegaConf.select(cfg, "callbacks.batch_size_finder.enabled", default=False):
+        return [f"callbacks.batch_size_finder.enabled=true (Lightning's batch size finder does not run under "
+                f"trainer.strategy={strategy}; set datamodule.train_batch_size yourself)"]
+    return []
+
+
+def _strategy_hint(value: Any) -> str:
+    close = difflib.get_close_matches(str(value), STRATEGIES, n=1) if isinstance(value, str) else []
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 @dataclass(frozen=True)
 class Rule:
     """``key`` takes values for which ``accepts`` is true, described for the user by ``takes``."""
@@ -61,6 +109,8 @@ RULES = (
     Rule("trainer.gradient_clip_val", lambda v: _number(v) and v >= 0, "a number >= 0", nullable=True),
     Rule("trainer.log_every_n_steps", lambda v: _whole(v) and v >= 1, "a whole number >= 1", nullable=True),
     Rule("trainer.devices", _devices, "a whole number >= 1, a list of device indices or auto"),
+    Rule("trainer.strategy", _strategy, "auto (one process) or ddp (trainer.devices processes; ddp_spawn and "
+         "ddp_fork are not supported)"),
     Rule("datamodule.train_batch_size", lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
     Rule("datamodule.test_batch_size", lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
     Rule("datamodule.num_workers", lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
@@ -77,6 +127,7 @@ RULES = (
     Rule("transforms.std", lambda v: _sequence(v) and len(v) == 3 and all(_number(s) and s > 0 for s in v),
          "three numbers > 0, one per RGB channel", nullable=True),
     Rule("model.coreset_sampling_ratio", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    Rule("model.coreset_seed", _whole, "a whole number, or null for the run's seed", nullable=True),
     Rule("model.num_neighbors", lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
     Rule("model.n_features", lambda v: _whole(v) and v >= 1, "a whole number >= 1", nullable=True),
     Rule("task.training_threshold_type", lambda v: v in ("image", "pixel"), "image or pixel"),
@@ -105,7 +156,10 @@ def validate_values(cfg: DictConfig) -> None:
         if value is None and rule.nullable:
             continue
         if not rule.accepts(value):
-            wrong.append(f"{rule.key}={_shown(value)} (takes {rule.takes})")
+            hint = _strategy_hint(value) if rule.key == "trainer.strategy" else ""
+            wrong.append(f"{rule.key}={_shown(value)} (takes {rule.takes}{hint})")
+    if not wrong:
+        wrong = distributed_mistakes(cfg)
     if wrong:
         also = f"; and {missing[0]}" if missing else ""
         raise ConfigError(f"{'; '.join(wrong)}: fix {'these values' if len(wrong) > 1 else 'the value'} on the "

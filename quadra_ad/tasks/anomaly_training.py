@@ -1,6 +1,16 @@
 """AnomalyTrainingTask: fit an anomalib model, test it, export it, report and track the run.
 
 Which model, data and trainer are used is decided by the config alone.
+
+Distributed training (``trainer.strategy=ddp``, ``trainer.devices=N``): Lightning's ``ddp`` starts
+the N-1 other processes by running the same ``quadra-ad`` command line again (its Hydra support
+gives them this run folder), and each runs this task. Every process prepares, trains and tests
+(the callbacks gather embeddings and scores across them); only process 0 writes: the resolved
+config, the run record, exports, ``model.json``, reports and the MLflow run. ``ddp`` is the one
+strategy supported: ``ddp_spawn``/``ddp_fork`` run only ``fit``/``test`` in their processes and
+hand back only the weights, not the collected scores; so a ``ddp`` run must start from the CLI
+(or from torchrun/SLURM, which start the processes themselves), never from ``run()`` inside a
+Python session, whose command line (a pytest session, a notebook) is not the run.
 """
 
 import logging
@@ -8,13 +18,15 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from quadra_ad.callbacks.from_config import build_callbacks, without_auroc_checkpoints
+from quadra_ad.callbacks.memory_bank_gather import MemoryBankGather
 from quadra_ad.callbacks.score_collector import ScoreCollector
 from quadra_ad.config.instantiation import instantiate_node
 from quadra_ad.deploy.model_card import ModelCard, file_sha256, weights_file
-from quadra_ad.errors import DatasetError, QuadraADError
+from quadra_ad.errors import ConfigError, DatasetError, QuadraADError
 from quadra_ad.export.graph import AnomalyGraph
 from quadra_ad.export.writers import check_export_config, export_graph, write_valid_area_mask
 from quadra_ad.metrics import scored_set_metrics
@@ -44,6 +56,28 @@ class AnomalyTrainingTask(Task):
         self.report_files: list[Path] = []
 
     # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def writes_outputs(self) -> bool:
+        """False in the other processes of a DDP run: they only take part in fit and test.
+
+        Lightning sets the rank from the environment it starts those processes with, so this is
+        known before the Trainer exists.
+        """
+        return rank_zero_only.rank == 0
+
+    def execute(self) -> None:
+        if self.writes_outputs:
+            super().execute()
+            return
+        # No run record, timings, exports, reports or MLflow run: process 0 writes them once.
+        self.prepare()
+        self.train()
+        self.test()
+
+    def save_resolved_config(self) -> Path:
+        path = self.output_dir / RESOLVED_CONFIG
+        return super().save_resolved_config() if self.writes_outputs else path
+
     def prepare(self) -> None:
         cfg = self.config
         self.save_resolved_config()
@@ -58,7 +92,7 @@ class AnomalyTrainingTask(Task):
             )
         self.model = build_model(cfg)
         self.collector = ScoreCollector()
-        callbacks = [self.collector, *build_callbacks(cfg)]
+        callbacks = [self.collector, MemoryBankGather(), *build_callbacks(cfg)]
         labels = {s.label for s in self.datamodule.layout.test if s.label is not None}
         if labels != {0, 1}:
             callbacks = without_auroc_checkpoints(callbacks)
@@ -78,6 +112,7 @@ class AnomalyTrainingTask(Task):
             # otherwise write their whole memory bank for nothing.
             enable_checkpointing=self.checkpoint is not None,
         )
+        _check_processes_can_start(self.trainer, cfg.trainer.get("strategy"))
 
     def train(self) -> None:
         self.trainer.fit(self.model, datamodule=self.datamodule)
@@ -194,6 +229,33 @@ class AnomalyTrainingTask(Task):
                 "seed": int(self.config.core.seed),
             },
         )
+
+
+def _relaunches_command_line(trainer) -> bool:
+    """True when fitting will start the other DDP processes by running this command line again."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    return (trainer.world_size > 1 and isinstance(launcher, _SubprocessScriptLauncher)
+            and not launcher.cluster_environment.creates_processes_externally)
+
+
+def _check_processes_can_start(trainer, strategy) -> None:
+    """Refuse a DDP run whose command line cannot be run again as the other processes."""
+    if not _relaunches_command_line(trainer):
+        return
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        raise ConfigError(
+            f"trainer.strategy={strategy} with {trainer.world_size} processes starts the others by "
+            f"running the command line again: start the run with the quadra-ad command (or torchrun), not from "
+            f"quadra_ad.run.run() in a Python session")
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError(
+            f"trainer.strategy={strategy} cannot run inside a multirun (-m): its other processes "
+            f"would run the whole sweep again; run each configuration as its own quadra-ad command")
 
 
 def _tracking_value(cfg: DictConfig, key: str):
