@@ -163,9 +163,16 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             _mark_run_folder_failed(error, mistake=False)
             return _record_failed_job(job, cfg, task, error, mistake=False)
         raise
+    if _other_ddp_process():
+        return objective(task, cfg)  # process 0 reports the run
     print(f"quadra-ad: run folder {task.output_dir}")
     _print_tracking(task)
     return objective(task, cfg)
+
+
+def _other_ddp_process() -> bool:
+    """True in the processes Lightning's ``ddp`` strategy started besides the first (it sets their rank)."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK"))
 
 
 def _print_group(group: str) -> None:
@@ -224,11 +231,14 @@ def main() -> None:
 
 
 def _exit_for_failed_jobs() -> None:
-    """After a sweep: list its failed jobs (whichever launcher ran them); exit 2 when all were
-    mistakes, 1 when any crashed or left nothing."""
+    """After a sweep: where its report and parent run are, its best job, its failed jobs
+    (whichever launcher ran them); exit 2 when all failures were mistakes, 1 when any crashed or
+    left nothing."""
     from quadra_ad.sweep_summary import FINISHED_SWEEPS
 
-    failed = [job for jobs in FINISHED_SWEEPS for job in jobs if job.status != "FINISHED"]
+    for outcome in FINISHED_SWEEPS:
+        _print_sweep(outcome)
+    failed = [job for outcome in FINISHED_SWEEPS for job in outcome.failed]
     if not failed:
         return
     print(f"quadra-ad: {len(failed)} sweep job{'s' if len(failed) > 1 else ''} failed; the others ran:", file=sys.stderr)
@@ -236,3 +246,23 @@ def _exit_for_failed_jobs() -> None:
         print(f"quadra-ad: failed: {job.label}: {job.error or 'no output (the job did not start or was killed)'}",
               file=sys.stderr)
     sys.exit(2 if all(job.mistake for job in failed) else 1)
+
+
+def _print_sweep(outcome) -> None:
+    if outcome.report is None:
+        return
+    print(f"quadra-ad: sweep report {outcome.report} ({len(outcome.jobs)} jobs)", file=sys.stderr)
+    if outcome.tracking_error:
+        print(f"quadra-ad: the sweep's parent MLflow run was not logged ({outcome.tracking_error}); the report is on disk",
+              file=sys.stderr)
+    elif outcome.parent_run_id:
+        print(f"quadra-ad: sweep logged as MLflow run {outcome.parent_run_id} in experiment "
+              f"'{outcome.parent_experiment}', the jobs' runs under it", file=sys.stderr)
+    if outcome.metric and outcome.best is None:
+        print(f"quadra-ad: no job of the sweep has {outcome.metric}", file=sys.stderr)
+    elif outcome.best is not None:
+        best = outcome.best
+        model = best.folder / "deployment_model"
+        print(f"quadra-ad: best job by {outcome.metric}: {best.label} = {best.metrics[outcome.metric]:.4f}; MLflow run "
+              f"{best.run_id or 'not logged'}; model {model.resolve() if model.is_dir() else 'not exported'}",
+              file=sys.stderr)

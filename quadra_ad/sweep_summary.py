@@ -1,24 +1,41 @@
 """After a sweep (``quadra-ad -m``), whichever launcher ran its jobs: one report of all jobs, an
-MLflow parent run holding it, and the list of failed jobs for the command's exit code.
+MLflow parent run holding it, the best job, and the failed jobs for the command's exit code.
 
 A Hydra callback (``hydra.callbacks.sweep_report`` in the shipped ``hydra`` config): it runs in
 the process that launched the sweep, after the last job, and reads what the jobs left in their
-folders — jobs run by joblib, submitit or Ray report back nothing else.
+folders — jobs run by joblib, submitit or Ray report back nothing else. The command line prints
+the outcome (:data:`FINISHED_SWEEPS`).
 """
 
 import logging
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from quadra_ad.reports.sweep_report import JobResult, best_job, collect_jobs, write_sweep_report
 
 log = logging.getLogger(__name__)
 
-#: The jobs of the sweeps this process ran (the CLI reads them for its exit code).
-FINISHED_SWEEPS: list[list[JobResult]] = []
+
+@dataclass
+class SweepOutcome:
+    """What one sweep left: its jobs, the report, the parent run, the best job."""
+
+    folder: Path
+    jobs: list[JobResult]
+    report: Path | None = None
+    parent_run_id: str | None = None
+    parent_experiment: str | None = None
+    tracking_error: str | None = None
+    metric: str | None = None
+    best: JobResult | None = None
+    failed: list[JobResult] = field(default_factory=list)
+
+
+#: The sweeps this process ran, in order.
+FINISHED_SWEEPS: list[SweepOutcome] = []
 
 
 class SweepSummary(Callback):
@@ -27,40 +44,24 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         jobs = collect_jobs(sweep_dir)
-        FINISHED_SWEEPS.append(jobs)
+        outcome = SweepOutcome(sweep_dir, jobs, failed=[job for job in jobs if job.status != "FINISHED"])
+        FINISHED_SWEEPS.append(outcome)
         if not jobs:
             return
         files = write_sweep_report(sweep_dir, jobs)
-        print(f"quadra-ad: sweep report {files[1]} ({len(jobs)} jobs)", file=sys.stderr)
-        _print_best(config, jobs)
+        outcome.report = files[1]
+        outcome.metric = OmegaConf.select(config, "core.optimized_metric", default=None)
+        if outcome.metric:
+            direction = str(OmegaConf.select(config, "hydra.sweeper.direction", default="maximize") or "maximize")
+            outcome.best = best_job(jobs, str(outcome.metric), maximize=not direction.lower().startswith("min"))
         try:
             from quadra_ad.tracking.sweep_parent import log_sweep_parent
 
             parent = log_sweep_parent(sweep_dir, jobs, files)
         except Exception as error:  # noqa: BLE001 - the jobs and the report on disk are what matter
             log.debug("sweep parent run not logged", exc_info=True)
-            print(f"quadra-ad: the sweep's parent MLflow run was not logged ({type(error).__name__}: "
-                  f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); the report is on disk",
-                  file=sys.stderr)
+            text = str(error).strip()
+            outcome.tracking_error = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
             return
         if parent is not None:
-            print(f"quadra-ad: sweep logged as MLflow run {parent.run_id} in experiment '{parent.experiment_name}', "
-                  f"the jobs' runs under it", file=sys.stderr)
-
-
-def _print_best(config: DictConfig, jobs: list[JobResult]) -> None:
-    """The best job by ``core.optimized_metric`` (the value a sweeper optimises): its settings,
-    MLflow run and model, so the result of a search is one line away."""
-    from omegaconf import OmegaConf
-
-    metric = OmegaConf.select(config, "core.optimized_metric", default=None)
-    if not metric:
-        return
-    direction = str(OmegaConf.select(config, "hydra.sweeper.direction", default="maximize") or "maximize")
-    best = best_job(jobs, str(metric), maximize=not direction.lower().startswith("min"))
-    if best is None:
-        print(f"quadra-ad: no job of the sweep has {metric}", file=sys.stderr)
-        return
-    model = best.folder / "deployment_model"
-    print(f"quadra-ad: best job by {metric}: {best.label} = {best.metrics[metric]:.4f}; MLflow run "
-          f"{best.run_id or 'not logged'}; model {model.resolve() if model.is_dir() else 'not exported'}", file=sys.stderr)
+            outcome.parent_run_id, outcome.parent_experiment = parent.run_id, parent.experiment_name
