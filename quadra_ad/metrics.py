@@ -30,6 +30,8 @@ class Metrics(MutableMapping):
     def __init__(self, values: dict[str, float] | None = None) -> None:
         self.values: dict[str, float] = dict(values or {})
         self.not_applicable: dict[str, str] = {}
+        #: Where the thresholds behind the label metrics came from, by threshold.
+        self.provenance: dict[str, str] = {}
 
     def __getitem__(self, name: str) -> float:
         return self.values[name]

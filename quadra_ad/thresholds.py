@@ -101,20 +101,90 @@ class Calibration:
                        pixel_threshold=None if pixel_threshold is None else float(pixel_threshold))
 
 
-def calibrate(scored: "ScoredSet") -> Calibration:
-    """F1-optimal image (and pixel, with masks) thresholds plus score ranges of ``scored``."""
+#: How the image threshold is set on the validation scores.
+IMAGE_RULES = ("f1", "manual", "target_fpr", "good_percentile")
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How a training run sets its thresholds (``task.threshold_rule`` and the keys beside it).
+
+    ``f1``: F1-optimal on good and anomalous images. ``manual``: ``manual_image`` — a raw score,
+    or with ``normalized`` a normalised one (0.5 = the F1-optimal threshold, 1 = the validation
+    score range above it), as Quadra's ``custom_normalized_threshold``. ``target_fpr``: the lowest
+    threshold with at most that share of good images at or above it; ``good_percentile``: the
+    same with a share of 1 - percentile/100 — both need good images only. The pixel threshold is
+    ``manual_pixel`` (raw) when given, else F1-optimal on the masks.
+    """
+
+    image: str = "f1"
+    manual_image: float | None = None
+    manual_pixel: float | None = None
+    normalized: bool = False
+    target_fpr: float = 0.01
+    good_percentile: float = 99.0
+
+    @property
+    def needs_anomalous_images(self) -> bool:
+        return self.image == "f1" or (self.image == "manual" and self.normalized)
+
+    @property
+    def good_share(self) -> float:
+        """The share of good images allowed at or above the threshold (target_fpr, good_percentile)."""
+        return self.target_fpr if self.image == "target_fpr" else 1.0 - self.good_percentile / 100.0
+
+    def describe(self, good_images: int | None = None) -> str:
+        if self.image == "manual":
+            kind = "normalised" if self.normalized else "raw"
+            return f"manual image threshold {self.manual_image:g} ({kind})"
+        if self.image in ("target_fpr", "good_percentile"):
+            on = f" of {good_images} good validation images" if good_images is not None else ""
+            setting = f"target_fpr={self.target_fpr:g}" if self.image == "target_fpr" else f"good_percentile={self.good_percentile:g}"
+            return f"{setting}: at most {self.good_share:.4g}{on} at or above it"
+        return "F1-optimal on the validation images"
+
+
+def good_share_threshold(good_scores: Any, share: float) -> float:
+    """The lowest threshold that leaves at most ``share`` of ``good_scores`` at or above it."""
+    ordered = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())[::-1]
+    if ordered.size == 0:
+        raise ValueError("good_share_threshold needs good scores")
+    allowed = int(math.floor(share * ordered.size + 1e-9))
+    if allowed >= ordered.size:
+        return float(ordered[-1])
+    # Next float32 up from the first score that must stay below: ties with it stay below too.
+    return float(np.nextafter(np.float32(ordered[allowed]), np.float32(math.inf)))
+
+
+def calibrate(scored: "ScoredSet", rule: ThresholdRule | None = None) -> Calibration:
+    """Image (and pixel, with masks) thresholds set by ``rule`` (F1-optimal by default) plus the
+    score ranges of ``scored``."""
+    rule = rule or ThresholdRule()
     labelled = scored.labelled
     scores = scored.score_tensor(labelled).numpy()
+    labels = scored.label_tensor(labelled).numpy()
     pixel_threshold = pixel_min = pixel_max = None
     if scored.has_maps:
         maps = scored.map_tensor(labelled).numpy()
         pixel_min, pixel_max = float(maps.min()), float(maps.max())
-        if scored.has_masks:
+        if rule.manual_pixel is not None:
+            pixel_threshold = float(rule.manual_pixel)
+        elif scored.has_masks:
             pixel_threshold = f1_optimal_threshold(maps, scored.mask_tensor(labelled).numpy())
+    image_min, image_max = float(scores.min()), float(scores.max())
+    if rule.image in ("target_fpr", "good_percentile"):
+        image_threshold = good_share_threshold(scores[labels == 0], rule.good_share)
+    elif rule.image == "manual" and not rule.normalized:
+        image_threshold = float(rule.manual_image)
+    else:
+        image_threshold = f1_optimal_threshold(scores, labels)
+        if rule.image == "manual":  # normalised: relative to the F1-optimal threshold and the range
+            width = image_max - image_min if image_max > image_min else 1.0
+            image_threshold = (float(rule.manual_image) - 0.5) * width + image_threshold
     return Calibration(
-        image_threshold=f1_optimal_threshold(scores, scored.label_tensor(labelled).numpy()),
-        image_min=float(scores.min()),
-        image_max=float(scores.max()),
+        image_threshold=image_threshold,
+        image_min=image_min,
+        image_max=image_max,
         pixel_threshold=pixel_threshold,
         pixel_min=pixel_min,
         pixel_max=pixel_max,

@@ -225,3 +225,41 @@ def test_a_score_equal_to_the_threshold_is_anomalous_on_every_path(tmp_path):
     # The CSV holds the float32 values themselves: re-deciding from the text gives the same labels.
     redone = [int(np.float32(row["raw_score"]) >= np.float32(row["threshold"])) for row in rows]
     assert redone == [0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("share", [0.0, 0.01, 0.05, 0.25, 0.5])
+def test_a_good_share_threshold_leaves_at_most_that_share_of_good_scores_at_or_above(share):
+    from quadra_ad.thresholds import good_share_threshold
+
+    scores = np.random.default_rng(0).normal(size=200).astype(np.float32)
+    scores[:20] = scores[20]  # ties must not let more through
+    threshold = good_share_threshold(scores, share)
+    above = int((scores >= np.float32(threshold)).sum())
+    assert above <= math.floor(share * len(scores))
+    # The lowest such threshold: the next good score below it would let one more through.
+    below = scores[scores < np.float32(threshold)]
+    assert int((scores >= below.max()).sum()) > math.floor(share * len(scores))
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"rule": "manual"}, "task.threshold_rule=manual needs task.manual_image_threshold=<score>"),
+    ({"rule": "target_fpr", "manual_image": 3.0}, "task.manual_image_threshold is set but task.threshold_rule=target_fpr"),
+    ({"normalized": True}, "task.manual_threshold_normalized=true applies to task.manual_image_threshold"),
+    ({"rule": "youden"}, "task.threshold_rule='youden': choose one of f1, manual, target_fpr, good_percentile"),
+])
+def test_contradicting_threshold_settings_are_one_line(settings, message):
+    from quadra_ad.errors import ConfigError
+    from quadra_ad.tasks.anomaly_training import threshold_rule_from_settings
+
+    values = {"rule": "f1", "manual_image": None, "manual_pixel": None, "normalized": False, "target_fpr": 0.01,
+              "good_percentile": 99.0, **settings}
+    with pytest.raises(ConfigError) as raised:
+        threshold_rule_from_settings(*values.values())
+    assert str(raised.value).startswith(message)
+
+
+def test_a_manual_image_threshold_alone_means_the_manual_rule():
+    from quadra_ad.tasks.anomaly_training import threshold_rule_from_settings
+
+    rule = threshold_rule_from_settings("f1", 4.5, None, False, 0.01, 99.0)
+    assert rule.image == "manual" and rule.manual_image == 4.5

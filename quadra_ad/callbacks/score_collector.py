@@ -15,7 +15,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from quadra_ad.distributed import gather_objects, global_order, world_size
 from quadra_ad.metrics import auroc
 from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration, calibrate
+from quadra_ad.thresholds import Calibration, ThresholdRule, calibrate
 
 #: Logged at every validation epoch during fit; a best-epoch checkpoint monitors it.
 VALIDATION_AUROC = "val_image_AUROC"
@@ -30,7 +30,8 @@ class ScoreCollector(Callback):
     tested and exported matters.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rule: ThresholdRule | None = None) -> None:
+        self.rule = rule or ThresholdRule()
         self._calibration: Calibration | None = None
         self.validation = ScoredSet()
         self.test = ScoredSet()
@@ -49,7 +50,7 @@ class ScoreCollector(Callback):
     @property
     def calibration(self) -> Calibration | None:
         if self._calibration is None and self.validation.labelled:
-            self._calibration = calibrate(self.validation)
+            self._calibration = calibrate(self.validation, self.rule)
         return self._calibration
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

@@ -49,4 +49,6 @@ def write_metrics(metrics: Metrics, path: Path) -> Path:
     clean.update({name: None for name in metrics.not_applicable})
     if metrics.not_applicable:
         clean["not_applicable"] = dict(sorted(metrics.not_applicable.items()))
+    if getattr(metrics, "provenance", None):
+        clean["thresholds"] = dict(sorted(metrics.provenance.items()))
     return write_text(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")

@@ -52,8 +52,10 @@ class AnomalyInferenceTask(Task):
         plot_heatmaps: bool = True,
         plot_only_wrong: bool = False,
         plot_raw_outputs: bool = False,
+        custom_normalized_threshold: float | None = None,
     ) -> None:
         super().__init__(config, output_dir)
+        self.custom_normalized_threshold = custom_normalized_threshold
         if training_threshold_type not in THRESHOLD_TYPES:
             raise ConfigError(f"task.training_threshold_type must be 'image' or 'pixel', got '{training_threshold_type}'")
         self.model_path = model_path
@@ -129,6 +131,12 @@ class AnomalyInferenceTask(Task):
     def _calibration(self) -> Calibration:
         """The training calibration with the thresholds this run decides by."""
         training = self.model.card.calibration
+        if self.custom_normalized_threshold is not None:
+            # Quadra's custom_normalized_threshold: a normalised score under the training normalisation.
+            value = float(self.custom_normalized_threshold)
+            width = training.image_max - training.image_min if training.image_max > training.image_min else 1.0
+            self.threshold_source = f"custom normalised threshold {value:g} (training normalisation)"
+            return training.with_thresholds((value - 0.5) * width + training.image_threshold, training.pixel_threshold)
         if self.use_training_threshold:
             self.threshold_source = f"training {self.training_threshold_type} threshold"
             image = training.pixel_threshold if self.training_threshold_type == "pixel" else training.image_threshold

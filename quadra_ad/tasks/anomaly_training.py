@@ -36,7 +36,7 @@ from quadra_ad.reports.heatmaps import HEATMAPS_DIR, RAW_OUTPUTS_DIR
 from quadra_ad.reports.report import write_report
 from quadra_ad.scored_set import concat_scored_sets
 from quadra_ad.tasks.base import RESOLVED_CONFIG, Task
-from quadra_ad.thresholds import Calibration
+from quadra_ad.thresholds import IMAGE_RULES, Calibration, ThresholdRule
 from quadra_ad.tracking.lightning_history import read_lightning_history
 from quadra_ad.versions import package_versions
 
@@ -48,8 +48,13 @@ DEPLOYMENT_FOLDER = "deployment_model"
 class AnomalyTrainingTask(Task):
     """Train → test → export (TorchScript, ONNX + model.json) → report → MLflow."""
 
-    def __init__(self, config: DictConfig, output_dir: Path) -> None:
+    def __init__(self, config: DictConfig, output_dir: Path, threshold_rule: str = "f1",
+                 manual_image_threshold: float | None = None, manual_pixel_threshold: float | None = None,
+                 manual_threshold_normalized: bool = False, target_fpr: float = 0.01,
+                 good_percentile: float = 99.0) -> None:
         super().__init__(config, output_dir)
+        self.threshold_rule = threshold_rule_from_settings(threshold_rule, manual_image_threshold, manual_pixel_threshold,
+                                                           manual_threshold_normalized, target_fpr, good_percentile)
         self.calibration: Calibration | None = None
         self.exported: dict[str, tuple[Path, int | None]] = {}
         self.export_errors: list[QuadraADError] = []
@@ -91,7 +96,11 @@ class AnomalyTrainingTask(Task):
                 f"thresholds on; add images to test/good and test/<defect>/"
             )
         self.model = build_model(cfg)
-        self.collector = ScoreCollector()
+        self.collector = ScoreCollector(self.threshold_rule)
+        if self.threshold_rule.image in ("target_fpr", "good_percentile") and not any(
+                s.label == 0 for s in self.datamodule.layout.test):
+            raise DatasetError(f"task.threshold_rule={self.threshold_rule.image} sets the threshold on good images, and "
+                               f"'{self.datamodule.layout.root}' has none in test/good; add some or use another rule")
         callbacks = [self.collector, MemoryBankGather(), *build_callbacks(cfg)]
         labels = {s.label for s in self.datamodule.layout.test if s.label is not None}
         if labels != {0, 1}:
@@ -120,7 +129,8 @@ class AnomalyTrainingTask(Task):
             # Models that skip validation during fit (e.g. a trainer with limit_val_batches=0).
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
         self.calibration = self.collector.calibration
-        log.info("Thresholds from validation: %s", self.calibration)
+        log.info("Thresholds from validation (%s): %s", self.threshold_rule.describe(self._good_validation_images()),
+                 self.calibration)
 
     def test(self) -> None:
         if not self.config.core.test_after_training:
@@ -137,6 +147,9 @@ class AnomalyTrainingTask(Task):
         if self.datamodule.layout.unknown:
             self.trainer.predict(self.model, dataloaders=self.datamodule.predict_dataloader(), return_predictions=False)
         self.metrics = scored_set_metrics(self.collector.test, self.calibration)
+        self.metrics.provenance["image_threshold"] = self.threshold_rule.describe(self._good_validation_images())
+        if self.threshold_rule.manual_pixel is not None:
+            self.metrics.provenance["pixel_threshold"] = f"manual pixel threshold {self.threshold_rule.manual_pixel:g} (raw)"
         summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(self.metrics.items()) if "AUROC" in k or k.endswith("F1"))
         log.info("Test metrics: %s", summary)
 
@@ -174,6 +187,7 @@ class AnomalyTrainingTask(Task):
             "quadra_ad.model": type(self.model).__name__,
             "quadra_ad.dataset": str(self.datamodule.layout.root),
             "quadra_ad.dataset_hash": self.datamodule.layout.fingerprint(),
+            "quadra_ad.threshold_rule": self.threshold_rule.describe(),
         })
         if self.exported:  # the first file of export.types: what a run comparison points to
             tags["quadra_ad.model_path"] = str(next(iter(self.exported.values()))[0].resolve())
@@ -198,6 +212,10 @@ class AnomalyTrainingTask(Task):
         return self.output_dir / DEPLOYMENT_FOLDER
 
     # -- helpers ---------------------------------------------------------------------------
+    def _good_validation_images(self) -> int:
+        validation = self.collector.validation
+        return sum(1 for index in validation.labelled if validation.labels[index] == 0)
+
     def _graph_hashes(self) -> dict[str, str]:
         hashes = {k: file_sha256(p) for k, (p, _) in self.exported.items()}
         for export_type, (path, _) in self.exported.items():  # OpenVINO's .bin, large ONNX weights
@@ -229,6 +247,26 @@ class AnomalyTrainingTask(Task):
                 "seed": int(self.config.core.seed),
             },
         )
+
+
+def threshold_rule_from_settings(rule: str, manual_image, manual_pixel, normalized, target_fpr,
+                                 good_percentile) -> ThresholdRule:
+    """The task's threshold keys as one rule; settings that contradict each other are one line.
+
+    A manual image threshold alone means ``threshold_rule=manual`` (as in Quadra)."""
+    if rule == "f1" and manual_image is not None:
+        rule = "manual"
+    if rule not in IMAGE_RULES:
+        raise ConfigError(f"task.threshold_rule={rule!r}: choose one of {', '.join(IMAGE_RULES)}")
+    if rule == "manual" and manual_image is None:
+        raise ConfigError("task.threshold_rule=manual needs task.manual_image_threshold=<score>")
+    if rule != "manual" and manual_image is not None:
+        raise ConfigError(f"task.manual_image_threshold is set but task.threshold_rule={rule}: give one of the two")
+    if normalized and manual_image is None:
+        raise ConfigError("task.manual_threshold_normalized=true applies to task.manual_image_threshold, which is not set")
+    return ThresholdRule(image=rule, manual_image=None if manual_image is None else float(manual_image),
+                         manual_pixel=None if manual_pixel is None else float(manual_pixel),
+                         normalized=bool(normalized), target_fpr=float(target_fpr), good_percentile=float(good_percentile))
 
 
 def _relaunches_command_line(trainer) -> bool:

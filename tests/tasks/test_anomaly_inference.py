@@ -122,6 +122,20 @@ def test_reused_training_threshold_normalises_to_one_half(trained, segmentation_
         assert (float(row["normalized_score"]) >= 0.5) == (row["predicted_label"] == "1")
 
 
+@pytest.mark.parametrize("value", [0.5, 0.8])
+def test_a_custom_normalized_threshold_labels_at_that_normalised_score(trained, segmentation_dataset, tmp_path, value):
+    training, _ = trained
+    task = infer(training.output_dir / "deployment_model" / "model.onnx", segmentation_dataset, tmp_path / "run",
+                 f"task.custom_normalized_threshold={value}")
+    card = ModelCard.read(training.output_dir / "deployment_model" / "model.json")
+    assert float(card.calibration.normalize(task.calibration.image_threshold)) == pytest.approx(value)
+    assert task.threshold_source == f"custom normalised threshold {value:g} (training normalisation)"
+    for row in _rows(tmp_path / "run"):
+        normalized = float(card.calibration.normalize(float(row["raw_score"])))
+        if abs(normalized - value) > 1e-6:  # not a tie at the threshold
+            assert (normalized >= value) == (row["predicted_label"] == "1")
+
+
 def test_inference_reuses_training_pixel_threshold(trained, segmentation_dataset, tmp_path):
     training, _ = trained
     task = infer(training.output_dir / "deployment_model" / "model.pt", segmentation_dataset, tmp_path / "run",

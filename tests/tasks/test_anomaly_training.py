@@ -215,3 +215,47 @@ def test_onnx_opset_the_exporter_cannot_honour_fails_the_run_in_one_line(segment
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     (logged,) = client.search_runs([client.get_experiment_by_name("padim").experiment_id])
     assert logged.info.status == "FAILED" and logged.data.tags["quadra_ad.error"].startswith("ExportError: export.onnx_opset=17")
+
+
+def _labelled_predictions(run_dir: Path) -> list[dict]:
+    return [row for row in _predictions(run_dir) if row["label"] != ""]
+
+
+@pytest.mark.parametrize("rule", ["manual", "manual_normalized", "target_fpr", "good_percentile"])
+def test_threshold_rules_set_the_threshold_the_run_labels_and_exports_with(segmentation_dataset, tmp_path, rule):
+    from quadra_ad.deploy.model_card import ModelCard
+    from quadra_ad.thresholds import f1_optimal_threshold
+
+    settings = {"manual": ["task.manual_image_threshold=2.5"],
+                "manual_normalized": ["task.manual_image_threshold=0.5", "task.manual_threshold_normalized=true"],
+                "target_fpr": ["task.threshold_rule=target_fpr", "task.target_fpr=0.25"],
+                "good_percentile": ["task.threshold_rule=good_percentile", "task.good_percentile=75"]}[rule]
+    task = run(training_config("base/anomaly/padim", segmentation_dataset, None, "export.types=[onnx]", *settings),
+               output_dir=tmp_path / "run")
+    rows = _labelled_predictions(task.output_dir)
+    scores = np.array([float(r["raw_score"]) for r in rows], dtype=np.float32)
+    labels = np.array([int(r["label"]) for r in rows])
+    threshold = ModelCard.read(task.output_dir / "deployment_model" / "model.json").calibration.image_threshold
+    if rule == "manual":
+        assert threshold == 2.5
+    elif rule == "manual_normalized":  # 0.5 normalised is the F1-optimal threshold itself
+        assert threshold == pytest.approx(f1_optimal_threshold(scores, labels), rel=1e-6)
+    else:  # at most a quarter of the good validation (= test) images at or above the threshold
+        good = scores[labels == 0]
+        assert 0 < (good >= np.float32(threshold)).sum() <= len(good) // 4
+    assert all(int(r["predicted_label"]) == int(np.float32(r["raw_score"]) >= np.float32(threshold)) for r in rows)
+    recorded = json.loads((task.output_dir / "metrics.json").read_text())["thresholds"]["image_threshold"]
+    assert recorded.startswith({"manual": "manual image threshold 2.5 (raw)",
+                                "manual_normalized": "manual image threshold 0.5 (normalised)",
+                                "target_fpr": "target_fpr=0.25: at most 0.25 of ",
+                                "good_percentile": "good_percentile=75: at most 0.25 of "}[rule])
+
+
+def test_a_line_with_only_good_images_gets_a_target_fpr_threshold(tmp_path):
+    from quadra_ad.testing.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "good_only", n_train=8, n_test_good=8, n_test_defect=0, size=32)
+    task = run(training_config("base/anomaly/padim", data, None, "export.types=[onnx]", "task.threshold_rule=target_fpr",
+                               "task.target_fpr=0.125"), output_dir=tmp_path / "run")
+    rows = _labelled_predictions(task.output_dir)
+    assert len(rows) == 8 and sum(int(r["predicted_label"]) for r in rows) == 1  # 1/8 of the good images
