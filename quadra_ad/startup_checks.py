@@ -61,7 +61,8 @@ def check_dataset_folder(cfg: DictConfig) -> None:
         preparation = {key: value if value is not None else from_card[key] for key, value in preparation.items()}
     crop = preparation["crop_area"]
     check_dataset(category_folder(node.data_path, node.get("category")), node.get("phase", "train"), node.get("mask_suffix", "_mask"),
-                  preparation["valid_area_mask"], list(crop) if crop is not None else None)
+                  preparation["valid_area_mask"], list(crop) if crop is not None else None,
+                  val_split=node.get("val_split", "auto"))
 
 
 def check_before_run(cfg: DictConfig) -> None:

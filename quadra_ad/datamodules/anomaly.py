@@ -13,7 +13,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from quadra_ad.datamodules.dataset import AnomalyDataset, ImagePreparation
-from quadra_ad.datamodules.layout import AnomalyLayout, category_folder, scan_anomaly_folder
+from quadra_ad.datamodules.layout import AnomalyLayout, category_folder, scan_anomaly_folder, split_validation
 from quadra_ad.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ class AnomalyDataModule(LightningDataModule):
         test_batch_size: int = 32,
         num_workers: int = 0,
         category: str | None = None,
+        val_split: str = "auto",
+        val_fraction: float = 0.3,
+        val_seed: int = 0,
     ) -> None:
         super().__init__()
         if data_path is None or str(data_path).strip() == "":
@@ -67,6 +70,7 @@ class AnomalyDataModule(LightningDataModule):
         self.test_batch_size = test_batch_size
         self.num_workers = num_workers
         self.category = category
+        self.val_split, self.val_fraction, self.val_seed = val_split, val_fraction, val_seed
         self.layout: AnomalyLayout | None = None
         self._preparation: ImagePreparation | None = None
 
@@ -78,6 +82,8 @@ class AnomalyDataModule(LightningDataModule):
         if self.layout is not None:
             return
         layout = scan_anomaly_folder(self.dataset_root(), self.mask_suffix, self.phase)
+        if self.phase == "train":
+            split_validation(layout, self.val_split, self.val_fraction, self.val_seed)
         self._preparation = ImagePreparation(self.image_size, self.mean, self.std, self.valid_area_mask, self.crop_area)
         # Set last: a setup that failed above must fail again, not leave a half-built module.
         self.layout = layout
@@ -87,6 +93,8 @@ class AnomalyDataModule(LightningDataModule):
             self.layout.root, len(self.layout.train), len(self.layout.test), anomalous,
             len(self.layout.unknown), self.layout.task_type,
         )
+        if self.layout.val_source:
+            log.info("Thresholds are set on %s", self.layout.val_source)
         good = sum(1 for s in self.layout.test if s.label == 0)
         if self.phase == "train" and anomalous == 0:
             log.warning("No anomalous test images: thresholds cannot be tuned and image metrics are skipped.")
@@ -124,7 +132,7 @@ class AnomalyDataModule(LightningDataModule):
         return self._loader("train", self.train_batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("test", self.test_batch_size, shuffle=False)
+        return self._loader("val" if self.phase == "train" else "test", self.test_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.test_batch_size, shuffle=False)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from quadra_ad.datamodules.layout import AnomalyLayout, scan_anomaly_folder
+from quadra_ad.datamodules.layout import AnomalyLayout, scan_anomaly_folder, split_validation
 from quadra_ad.errors import DatasetError
 
 #: Fewer training images than this cannot fit a model (PaDiM's covariance, BatchNorm statistics).
@@ -92,11 +92,13 @@ def _problems(layout: AnomalyLayout, headers: dict[Path, _Header], roi: _Header 
 
 def check_dataset(data_path: str | Path, phase: str = "train", mask_suffix: str = "_mask",
                   valid_area_mask: str | Path | None = None, crop_area: Sequence[int] | None = None,
-                  threads: int = 8) -> AnomalyLayout:
+                  threads: int = 8, val_split: str = "auto") -> AnomalyLayout:
     """Scan and check the folder; raise one DatasetError naming every problem found, or return its layout."""
     layout = scan_anomaly_folder(data_path, mask_suffix, phase)
-    files = [s.image_path for s in (*layout.train, *layout.test, *layout.unknown)]
-    files += [s.mask_path for s in layout.test if s.mask_path is not None]
+    if phase == "train":
+        split_validation(layout, val_split)
+    files = [s.image_path for s in (*layout.train, *layout.test, *layout.unknown, *layout.val_folder)]
+    files += [s.mask_path for s in (*layout.test, *layout.val_folder) if s.mask_path is not None]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         headers = {h.path: h for h in pool.map(_read_header, files)}
     roi = None

@@ -90,19 +90,20 @@ class AnomalyTrainingTask(Task):
         check_export_config(list(export_cfg.get("types") or []), export_cfg.get("onnx_opset"))
         self.datamodule = instantiate_node(cfg, "datamodule")
         self.datamodule.setup()
-        if not any(s.label is not None for s in self.datamodule.layout.test):
+        validation = self.datamodule.layout.val
+        if not any(s.label is not None for s in validation):
             raise DatasetError(
                 f"datamodule.data_path '{self.datamodule.layout.root}': no labelled test images to set "
                 f"thresholds on; add images to test/good and test/<defect>/"
             )
         self.model = build_model(cfg)
         self.collector = ScoreCollector(self.threshold_rule)
-        if self.threshold_rule.image in ("target_fpr", "good_percentile") and not any(
-                s.label == 0 for s in self.datamodule.layout.test):
+        if self.threshold_rule.image in ("target_fpr", "good_percentile") and not any(s.label == 0 for s in validation):
             raise DatasetError(f"task.threshold_rule={self.threshold_rule.image} sets the threshold on good images, and "
-                               f"'{self.datamodule.layout.root}' has none in test/good; add some or use another rule")
+                               f"'{self.datamodule.layout.root}' has none among the validation images "
+                               f"({self.datamodule.layout.val_source}); add some or use another rule")
         callbacks = [self.collector, MemoryBankGather(), *build_callbacks(cfg)]
-        labels = {s.label for s in self.datamodule.layout.test if s.label is not None}
+        labels = {s.label for s in validation if s.label is not None}
         if labels != {0, 1}:
             callbacks = without_auroc_checkpoints(callbacks)
         self.checkpoint = next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint)), None)
@@ -148,6 +149,7 @@ class AnomalyTrainingTask(Task):
             self.trainer.predict(self.model, dataloaders=self.datamodule.predict_dataloader(), return_predictions=False)
         self.metrics = scored_set_metrics(self.collector.test, self.calibration)
         self.metrics.provenance["image_threshold"] = self.threshold_rule.describe(self._good_validation_images())
+        self.metrics.provenance["validation_images"] = self.datamodule.layout.val_source
         if self.threshold_rule.manual_pixel is not None:
             self.metrics.provenance["pixel_threshold"] = f"manual pixel threshold {self.threshold_rule.manual_pixel:g} (raw)"
         summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(self.metrics.items()) if "AUROC" in k or k.endswith("F1"))
@@ -188,6 +190,7 @@ class AnomalyTrainingTask(Task):
             "quadra_ad.dataset": str(self.datamodule.layout.root),
             "quadra_ad.dataset_hash": self.datamodule.layout.fingerprint(),
             "quadra_ad.threshold_rule": self.threshold_rule.describe(),
+            "quadra_ad.validation_images": self.datamodule.layout.val_source,
         })
         if self.exported:  # the first file of export.types: what a run comparison points to
             tags["quadra_ad.model_path"] = str(next(iter(self.exported.values()))[0].resolve())

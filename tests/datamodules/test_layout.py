@@ -299,3 +299,51 @@ def test_bad_phase_raises_naming_the_key_and_value(make_anomaly_folder, phase: s
     message = assert_one_line(info.value)
     assert "phase" in message
     assert f"'{phase}'" in message
+
+
+def _with_val_folder(root: Path) -> Path:
+    """Copies of some test images (and their masks) as val/good and val/blob, under new names."""
+    for label in ("good", "blob"):
+        (root / "val" / label).mkdir(parents=True)
+        for index, image in enumerate(sorted((root / "test" / label).glob("*.png"))[:2]):
+            shutil.copy(image, root / "val" / label / f"v{index}.png")
+            if label == "blob":
+                shutil.copy(root / "ground_truth" / "blob" / f"{image.stem}_mask.png", root / "ground_truth" / "blob" / f"v{index}_mask.png")
+    return root
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    from quadra_ad.testing.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path / "data", n_train=4, n_test_good=6, n_test_defect=5, size=32)
+
+
+def test_auto_validation_is_the_test_split_without_a_val_folder_and_the_folder_with_one(synthetic):
+    from quadra_ad.datamodules.layout import split_validation
+
+    layout = split_validation(scan_anomaly_folder(synthetic))
+    assert layout.val == layout.test and layout.val_source.startswith("same_as_test: the test images (11 images, 5 anomalous)")
+    layout = split_validation(scan_anomaly_folder(_with_val_folder(synthetic)))
+    assert [s.image_path.name for s in layout.val] == ["v0.png", "v1.png", "v0.png", "v1.png"]
+    assert all(s.mask_path is not None for s in layout.val if s.label == 1)
+    assert len(layout.test) == 11 and layout.val_source == "folder: val/ (4 images, 2 anomalous)"
+
+
+def test_from_test_takes_a_seeded_stratified_share_out_of_the_test_split(synthetic):
+    from quadra_ad.datamodules.layout import split_validation
+
+    layouts = [split_validation(scan_anomaly_folder(synthetic), "from_test", 0.3, seed) for seed in (1, 1, 2)]
+    first, again, other = layouts
+    assert [s.image_path for s in first.val] == [s.image_path for s in again.val]  # seeded
+    assert {s.image_path for s in first.val} != {s.image_path for s in other.val}
+    assert not {s.image_path for s in first.val} & {s.image_path for s in first.test}  # not scored
+    assert sorted(s.label for s in first.val) == [0, 0, 1, 1]  # round(0.3 * 6), round(0.3 * 5)
+    assert len(first.test) == 7 and first.val_source.startswith("from_test: 4 images, 2 anomalous taken from test/")
+
+
+def test_a_validation_folder_asked_for_but_absent_is_one_line(synthetic):
+    from quadra_ad.datamodules.layout import split_validation
+
+    with pytest.raises(DatasetError, match=r"^datamodule.val_split=folder but '.*val' holds no images"):
+        split_validation(scan_anomaly_folder(synthetic), "folder")

@@ -259,3 +259,37 @@ def test_a_line_with_only_good_images_gets_a_target_fpr_threshold(tmp_path):
                                "task.target_fpr=0.125"), output_dir=tmp_path / "run")
     rows = _labelled_predictions(task.output_dir)
     assert len(rows) == 8 and sum(int(r["predicted_label"]) for r in rows) == 1  # 1/8 of the good images
+
+
+@pytest.mark.parametrize("split", ["from_test", "folder"])
+def test_thresholds_set_on_a_validation_split_that_is_not_scored(tmp_path, split):
+    import shutil
+
+    from quadra_ad.testing.synthetic import write_synthetic_dataset
+    from quadra_ad.thresholds import f1_optimal_threshold
+
+    data = write_synthetic_dataset(tmp_path / "data", n_train=8, n_test_good=6, n_test_defect=6, size=32)
+    if split == "folder":  # used without asking: datamodule.val_split=auto finds val/
+        for label in ("good", "blob"):
+            (data / "val" / label).mkdir(parents=True)
+            for index, image in enumerate(sorted((data / "test" / label).glob("*.png"))[:3]):
+                shutil.move(image, data / "val" / label / f"v{index}.png")
+                if label == "blob":
+                    shutil.move(data / "ground_truth" / "blob" / f"{image.stem}_mask.png",
+                                data / "ground_truth" / "blob" / f"v{index}_mask.png")
+    overrides = ["datamodule.val_split=from_test", "datamodule.val_fraction=0.5"] if split == "from_test" else []
+    task = run(training_config("base/anomaly/padim", data, tmp_path, "export.types=[onnx]", *overrides),
+               output_dir=tmp_path / "run")
+    validation = {str(s.image_path) for s in task.datamodule.layout.val}
+    scored = {row["image_path"] for row in _labelled_predictions(task.output_dir)}
+    assert len(validation) == 6 and len(scored) == 6 and not validation & scored
+    # The threshold is the F1-optimal one of the validation images, not of the scored ones.
+    collected = task.collector.validation
+    assert {str(p) for p in collected.image_paths} == validation
+    labelled = collected.labelled
+    expected = f1_optimal_threshold(collected.score_tensor(labelled).numpy(), collected.label_tensor(labelled).numpy())
+    assert task.calibration.image_threshold == expected
+    source = json.loads((task.output_dir / "metrics.json").read_text())["thresholds"]["validation_images"]
+    assert source.startswith("from_test: 6 images, 3 anomalous" if split == "from_test" else "folder: val/ (6 images, 3 anomalous)")
+    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(task.tracked_run.run_id).data.tags[
+        "quadra_ad.validation_images"] == source
