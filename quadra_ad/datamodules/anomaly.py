@@ -7,12 +7,15 @@ test images, as Quadra does; predict ``test/unknown`` without scoring it.
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from anomalib.data import ImageBatch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from quadra_ad.datamodules.augmentations import build_train_augmentation
 from quadra_ad.datamodules.dataset import AnomalyDataset, ImagePreparation
+from quadra_ad.datamodules.images import image_size_of
 from quadra_ad.datamodules.layout import AnomalyLayout, category_folder, scan_anomaly_folder, split_validation
 from quadra_ad.errors import ConfigError
 
@@ -54,6 +57,7 @@ class AnomalyDataModule(LightningDataModule):
         val_split: str = "auto",
         val_fraction: float = 0.3,
         val_seed: int = 0,
+        train_augmentations: Sequence[Any] | None = None,
     ) -> None:
         super().__init__()
         if data_path is None or str(data_path).strip() == "":
@@ -71,6 +75,7 @@ class AnomalyDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.category = category
         self.val_split, self.val_fraction, self.val_seed = val_split, val_fraction, val_seed
+        self.augmentation = build_train_augmentation(train_augmentations)
         self.layout: AnomalyLayout | None = None
         self._preparation: ImagePreparation | None = None
 
@@ -84,6 +89,8 @@ class AnomalyDataModule(LightningDataModule):
         layout = scan_anomaly_folder(self.dataset_root(), self.mask_suffix, self.phase)
         if self.phase == "train":
             split_validation(layout, self.val_split, self.val_fraction, self.val_seed)
+            if self.augmentation is not None and layout.train:
+                self.augmentation.check_keeps_size(*image_size_of(layout.train[0].image_path))
         self._preparation = ImagePreparation(self.image_size, self.mean, self.std, self.valid_area_mask, self.crop_area)
         # Set last: a setup that failed above must fail again, not leave a half-built module.
         self.layout = layout
@@ -113,14 +120,14 @@ class AnomalyDataModule(LightningDataModule):
         self.setup()
         return self.layout.has_masks
 
-    def _dataset(self, samples) -> AnomalyDataset:
+    def _dataset(self, samples, augmentation=None) -> AnomalyDataset:
         self.setup()
-        return AnomalyDataset(samples, self._preparation, with_masks=self.layout.has_masks)
+        return AnomalyDataset(samples, self._preparation, with_masks=self.layout.has_masks, augmentation=augmentation)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         self.setup()
         return DataLoader(
-            self._dataset(getattr(self.layout, split)),
+            self._dataset(getattr(self.layout, split), self.augmentation if split == "train" else None),
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,

@@ -8,6 +8,7 @@ what ``model.json`` describes (input size, mean, std).
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from anomalib.data import ImageItem
 from torch.utils.data import Dataset
@@ -82,10 +83,13 @@ class ImagePreparation:
 class AnomalyDataset(Dataset):
     """Reads samples; gives masks (zeros for good images) only when ``with_masks``."""
 
-    def __init__(self, samples: Sequence[Sample], preparation: ImagePreparation, with_masks: bool) -> None:
+    def __init__(self, samples: Sequence[Sample], preparation: ImagePreparation, with_masks: bool,
+                 augmentation=None) -> None:
         self.samples = list(samples)
         self.preparation = preparation
         self.with_masks = with_masks
+        #: Train-time augmentation (float RGB H×W×3 in, same out), applied before the preparation.
+        self.augmentation = augmentation
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -93,6 +97,9 @@ class AnomalyDataset(Dataset):
     def __getitem__(self, index: int) -> ImageItem:
         sample = self.samples[index]
         raw_image = read_image(sample.image_path)
+        if self.augmentation is not None:
+            raw_image = torch.from_numpy(np.ascontiguousarray(
+                self.augmentation(raw_image.permute(1, 2, 0).numpy()).transpose(2, 0, 1)))
         image = self.preparation.image(raw_image, sample.image_path)
         gt_mask = None
         if self.with_masks and sample.label is not None:
