@@ -21,6 +21,7 @@ import hydra
 from omegaconf import DictConfig
 
 from quadra_ad.config.experiment_source import register_experiment_sources
+from quadra_ad.config.launchers import register_launcher_presets
 from quadra_ad.config.locations import config_dir
 from quadra_ad.config.preflight import (
     check_group_choices,
@@ -210,6 +211,7 @@ def main() -> None:
         check_plugins(args)
         check_group_choices(args)
         register_experiment_sources()
+        register_launcher_presets()
         register_resolvers()
         if _is_plain_run(args):
             _check_plain_run(args)
@@ -221,11 +223,6 @@ def main() -> None:
     except Terminated:
         print(TERMINATED_AT_START, file=sys.stderr)
         sys.exit(EXIT_TERMINATED)
-    import warnings
-
-    # Our launcher presets take the plugins' names on purpose; the plugins' schemas still check them.
-    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema",
-                            category=UserWarning)
     _hydra_entry()
     _exit_for_failed_jobs()
 
