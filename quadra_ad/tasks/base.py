@@ -117,7 +117,6 @@ class Task:
                 raise self._disk_full(error) from error
             raise
         self._save_running_record()
-        self._warm_up_tracking()
         try:
             for step in (self.train, self.test, self.export, self.report):
                 log.debug("Task step: %s", step.__name__)
@@ -145,14 +144,6 @@ class Task:
                 raise error
             raise
         self.finalize()
-
-    def _warm_up_tracking(self) -> None:
-        from quadra_ad.tracking.run_logger import warm_up_store
-
-        try:
-            warm_up_store(self.config)
-        except Exception:  # noqa: BLE001 - an optimisation, never a reason to stop
-            log.debug("tracking warm-up not started", exc_info=True)
 
     def _save_running_record(self) -> None:
         """The run record, as RUNNING, before any result: a run killed without a word can still be uploaded."""

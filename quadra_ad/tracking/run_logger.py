@@ -242,30 +242,3 @@ def _log_request(request: dict, run_dir: Path, request_path: Path | None):
               tracked.experiment_name, tracked.tracking_uri)
     return tracked
 
-
-def warm_up_store(config: DictConfig):
-    """Import MLflow and create a fresh embedded store while the model trains; the thread, or None.
-
-    A new ``mlflow.db`` costs MLflow about 1.5 s of schema migrations, and importing MLflow as
-    much again: both ran after training, in the run's critical path. The store is created under
-    the same writer lock the logging takes, so a run ending first simply waits for it; any failure
-    here is left for the logging to report.
-    """
-    import threading
-
-    mlflow_cfg = (config.get("logger") or {}).get("mlflow")
-    if not mlflow_cfg:
-        return None
-    tracking_uri = str(mlflow_cfg.tracking_uri)
-
-    def create() -> None:
-        try:
-            from quadra_ad.tracking.mlflow_writer import create_embedded_store
-
-            create_embedded_store(tracking_uri)
-        except Exception:  # noqa: BLE001 - the logging at the end reports what is wrong
-            log.debug("store warm-up failed for %s", tracking_uri, exc_info=True)
-
-    thread = threading.Thread(target=create, name="mlflow-store-warm-up", daemon=True)
-    thread.start()
-    return thread

@@ -53,9 +53,14 @@ def test_ctrl_c_ends_the_run_killed(segmentation_dataset, tmp_path, monkeypatch)
 
 
 def _wait_until_training_runs(process: subprocess.Popen, tmp_path) -> None:
-    """Lightning's CSV log appears once the first epoch is done: training is under way."""
+    """Lightning's CSV log holds the first epoch's training loss: training is under way.
+
+    The file itself can appear a moment earlier, with the validation row only (the epoch's
+    training loss is written at the epoch's very end); a signal sent then finds no epoch logged.
+    """
     deadline = time.monotonic() + 180
-    while not list(tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")):
+    while not any("train_loss_epoch" in path.read_text()
+                  for path in tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")):
         assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
         assert time.monotonic() < deadline, "training did not start within 180 s"
         time.sleep(0.2)
