@@ -34,10 +34,10 @@ from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import QuadraADError
 from quadra_ad.interrupts import Terminated, install_sigterm_handler, sigterm_received
 from quadra_ad.quiet import quiet_third_party
+from quadra_ad.reports.sweep_report import mark_job_failed
 
 #: Set once the whole command line was checked before Hydra started the run.
 _CHECKED_BEFORE_HYDRA = False
-FAILED_MARKER = "FAILED.txt"
 INTERRUPTED_AT_START = "quadra-ad: interrupted before the run started: nothing was written"
 TERMINATED_AT_START = "quadra-ad: terminated (SIGTERM) before the run started: nothing was written"
 TERMINATED = ("quadra-ad: terminated (SIGTERM): what the run wrote so far stays in its run folder; its MLflow run "
@@ -87,9 +87,7 @@ def _mark_run_folder_failed(error: BaseException, mistake: bool = True) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         folder = HydraConfig.get().runtime.output_dir
-        line = f"error: {one_line(error)}" if mistake else f"crashed: {type(error).__name__}: {one_line(error)}"
-        with open(os.path.join(folder, FAILED_MARKER), "w", encoding="utf-8") as handle:
-            handle.write(f"quadra-ad: {line}\n")
+        mark_job_failed(folder, one_line(error) if mistake else f"{type(error).__name__}: {one_line(error)}", mistake)
     except (ValueError, OSError):
         pass
 

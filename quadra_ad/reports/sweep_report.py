@@ -18,6 +18,14 @@ REPORT_DIR = "report"
 REPORT_CSV = "sweep_report.csv"
 REPORT_MD = "sweep_report.md"
 FAILED_MARKER = "FAILED.txt"
+#: ``quadra_ad.task`` tag of a sweep's parent run: it holds the report, it is not a run to compare.
+SWEEP_REPORT_TASK = "SweepReport"
+_MISTAKE, _CRASH = "quadra-ad: error: ", "quadra-ad: crashed: "
+
+
+def mark_job_failed(folder: str | Path, line: str, mistake: bool) -> None:
+    """Leave ``FAILED.txt`` in a job's folder: the line, and whether it was a user mistake or a crash."""
+    write_text(Path(folder) / FAILED_MARKER, f"{_MISTAKE if mistake else _CRASH}{line}\n")
 REPORTED_METRICS = ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_AUPRO")
 
 
@@ -70,7 +78,6 @@ def _read_job(folder: Path) -> JobResult:
     failed = folder / FAILED_MARKER
     status = "FAILED" if failed.is_file() else ("FINISHED" if metrics else "MISSING")
     mark = failed.read_text(encoding="utf-8").strip().splitlines()[0] if failed.is_file() else ""
-    mark = mark.removeprefix("quadra-ad: ")
     return JobResult(
         job=folder.name,
         folder=folder,
@@ -78,8 +85,8 @@ def _read_job(folder: Path) -> JobResult:
         model=model,
         overrides=" ".join(str(o) for o in overrides),
         status=status,
-        error=mark.removeprefix("error: ").removeprefix("crashed: "),
-        mistake=mark.startswith("error: "),
+        error=mark.removeprefix(_MISTAKE).removeprefix(_CRASH),
+        mistake=mark.startswith(_MISTAKE),
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)},
         fit_s=timings.get("train"),
         peak_rss_mb=timings.get("peak_rss_mb"),

@@ -317,7 +317,6 @@ def create_embedded_store(tracking_uri: str) -> None:
     database = sqlite_database(tracking_uri)
     if database is None or database.exists():
         return
-    check_sqlite_store_writable(tracking_uri)
     with _one_writer_at_a_time(tracking_uri):
         if database.exists():
             return

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from quadra_ad.errors import QuadraADError
 from quadra_ad.files import atomic_path, write_text
+from quadra_ad.reports.sweep_report import SWEEP_REPORT_TASK
 
 #: Columns every run has, by the name a user types; value = how to read it from a run.
 BUILTIN_COLUMNS = {
@@ -95,7 +96,7 @@ def fetch_runs(tracking_uri: str, experiment_names: list[str] | None, filter_str
         raise CompareError(f"--filter '{filter_string}' is not a valid MLflow filter: {first}") from error
     names = {experiment.experiment_id: experiment.name for experiment in chosen}
     # A sweep's parent run holds its report, not a model: it is not one of the runs compared.
-    runs = [run for run in runs if run.data.tags.get("quadra_ad.task") != "SweepReport"]
+    runs = [run for run in runs if run.data.tags.get("quadra_ad.task") != SWEEP_REPORT_TASK]
     for run in runs:
         run.data.tags["quadra_ad.experiment_name"] = names.get(run.info.experiment_id, "")
     return runs

@@ -8,13 +8,11 @@ artifacts, and each job's run is put under it.
 import logging
 from pathlib import Path
 
-from quadra_ad.reports.sweep_report import JobResult, model_summary, reported_metrics
+from quadra_ad.reports.sweep_report import SWEEP_REPORT_TASK, JobResult, model_summary, reported_metrics
 from quadra_ad.tracking.mlflow_writer import TrackedRun, adopt_runs, log_run
 
 log = logging.getLogger(__name__)
 
-#: Tag value of ``quadra_ad.task`` on a sweep's parent run (not a training run: compare skips it).
-SWEEP_REPORT_TASK = "SweepReport"
 
 
 def log_sweep_parent(sweep_dir: Path, jobs: list[JobResult], files: list[Path]) -> TrackedRun | None:
