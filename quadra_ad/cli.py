@@ -147,10 +147,9 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             print(TERMINATED_AT_START if task is None else TERMINATED, file=sys.stderr)
             sys.exit(EXIT_TERMINATED)
         if task is None:
-            print(INTERRUPTED_AT_START, file=sys.stderr)
-        else:
-            print("quadra-ad: interrupted: what the run wrote so far stays in its run folder; "
-                  "its MLflow run is marked KILLED", file=sys.stderr)
+            _interrupted_at_start()
+        print("quadra-ad: interrupted: what the run wrote so far stays in its run folder; "
+              "its MLflow run is marked KILLED", file=sys.stderr)
         sys.exit(130)
     except BaseException as error:
         _print_tracking(task)
@@ -216,13 +215,22 @@ def main() -> None:
     except QuadraADError as error:
         _fail(error)
     except KeyboardInterrupt:
-        print(INTERRUPTED_AT_START, file=sys.stderr)
-        sys.exit(130)
+        _interrupted_at_start()
     except Terminated:
         print(TERMINATED_AT_START, file=sys.stderr)
         sys.exit(EXIT_TERMINATED)
     _hydra_entry()
     _exit_for_failed_jobs()
+
+
+def _interrupted_at_start() -> None:
+    """Exit 130 at once: nothing is written yet, and a Ctrl-C that landed inside the import of a
+    large library can leave it half-initialised, so that the interpreter's own shutdown was seen
+    to end the process with the signal (-2) instead of the exit code."""
+    print(INTERRUPTED_AT_START, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _exit_for_failed_jobs() -> None:

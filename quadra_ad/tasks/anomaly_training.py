@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from quadra_ad.callbacks.from_config import build_callbacks, without_auroc_checkpoints
 from quadra_ad.callbacks.memory_bank_gather import MemoryBankGather
 from quadra_ad.callbacks.score_collector import ScoreCollector
+from quadra_ad.callbacks.training_start import OnTrainingStart
 from quadra_ad.config.instantiation import instantiate_node
 from quadra_ad.deploy.model_card import ModelCard, file_sha256, weights_file
 from quadra_ad.errors import ConfigError, DatasetError, QuadraADError
@@ -47,6 +48,8 @@ DEPLOYMENT_FOLDER = "deployment_model"
 
 class AnomalyTrainingTask(Task):
     """Train → test → export (TorchScript, ONNX + model.json) → report → MLflow."""
+
+    live_tracking = True
 
     def __init__(self, config: DictConfig, output_dir: Path, threshold_rule: str = "f1",
                  manual_image_threshold: float | None = None, manual_pixel_threshold: float | None = None,
@@ -103,6 +106,8 @@ class AnomalyTrainingTask(Task):
                                f"'{self.datamodule.layout.root}' has none among the validation images "
                                f"({self.datamodule.layout.val_source}); add some or use another rule")
         callbacks = [self.collector, MemoryBankGather(), *build_callbacks(cfg)]
+        if self._finds_batch_size():
+            callbacks.append(OnTrainingStart(self._record_found_batch_size))
         labels = {s.label for s in validation if s.label is not None}
         if labels != {0, 1}:
             callbacks = without_auroc_checkpoints(callbacks)
@@ -204,7 +209,16 @@ class AnomalyTrainingTask(Task):
             self.output_dir / HEATMAPS_DIR,
             self.output_dir / RAW_OUTPUTS_DIR,
             *self.report_files,
+            *self._best_checkpoint(),
         ]
+
+    def params_known_later(self) -> tuple[str, ...]:
+        return ("datamodule.train_batch_size",) if self._finds_batch_size() else ()
+
+    def attach_live_run(self, live_run) -> None:
+        from quadra_ad.tracking.live_logger import LiveMLflowLogger
+
+        self.trainer.loggers = [*self.trainer.loggers, LiveMLflowLogger(live_run)]
 
     def tracking_history(self) -> dict:
         return read_lightning_history(self.output_dir)
@@ -215,6 +229,24 @@ class AnomalyTrainingTask(Task):
         return self.output_dir / DEPLOYMENT_FOLDER
 
     # -- helpers ---------------------------------------------------------------------------
+    def _best_checkpoint(self) -> list[Path]:
+        """The checkpoint of the epoch that was tested and exported, when one was kept."""
+        best = self.checkpoint.best_model_path if getattr(self, "checkpoint", None) is not None else ""
+        return [Path(best)] if best and Path(best).is_file() else []
+
+    def _finds_batch_size(self) -> bool:
+        return bool(OmegaConf.select(self.config, "callbacks.batch_size_finder.enabled", default=False))
+
+    def _record_found_batch_size(self, trainer=None) -> None:
+        """The batch size the finder chose is the one the params and config_resolved.yaml report."""
+        found = int(self.datamodule.train_batch_size)
+        with open_dict(self.config):
+            self.config.datamodule.train_batch_size = found
+        self.save_resolved_config()
+        if self.live_run is not None:
+            self.live_run.log_params({"datamodule.train_batch_size": str(found)})
+        log.info("Training batch size found: %d", found)
+
     def _good_validation_images(self) -> int:
         validation = self.collector.validation
         return sum(1 for index in validation.labelled if validation.labels[index] == 0)

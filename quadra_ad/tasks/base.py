@@ -35,6 +35,9 @@ RESOLVED_CONFIG = "config_resolved.yaml"
 class Task:
     """Base class: holds the composed config and the run folder."""
 
+    #: Open the MLflow run when the task starts and feed it while it runs (``logger.mlflow.live``).
+    live_tracking = False
+
     def __init__(self, config: DictConfig, output_dir: Path) -> None:
         self.config = config
         self.output_dir = Path(output_dir)
@@ -48,6 +51,8 @@ class Task:
         #: Where the run was logged (None when it was not); ``tracking_error`` says why not, in one line.
         self.tracked_run = None
         self.tracking_error: str | None = None
+        #: The MLflow run opened at the start (None: logged once, at the end).
+        self.live_run = None
 
     def prepare(self) -> None:
         """Build everything the later steps need (data, model, trainer)."""
@@ -84,6 +89,13 @@ class Task:
         """A deployment folder to log as the run's MLflow model when it finishes."""
         return None
 
+    def params_known_later(self) -> tuple[str, ...]:
+        """Config keys whose value the run decides once it started (not logged when it opens)."""
+        return ()
+
+    def attach_live_run(self, live_run) -> None:
+        """Route what the task logs while it runs to ``live_run``."""
+
     def track(self, status: str, error: BaseException | None = None) -> None:
         """Log the run with ``status``; an error's first line becomes the ``quadra_ad.error`` tag.
 
@@ -92,6 +104,8 @@ class Task:
         """
         from quadra_ad.tracking.run_logger import TrackingFailed, track_run
 
+        if self.live_run is not None:
+            self.live_run.stop_system_metrics()
         tags = self.tracking_tags()
         if error is not None:
             text = str(error).strip()
@@ -103,6 +117,7 @@ class Task:
             self.tracked_run = track_run(
                 self.config, self.output_dir, metrics, self.tracking_artifacts(), tags, self.tracking_history(),
                 status=status, model_folder=self.tracking_model(),
+                live_run_id=self.live_run.run_id if self.live_run is not None else None,
             )
         except TrackingFailed as failure:
             self.tracked_run, self.tracking_error = None, str(failure)
@@ -117,6 +132,7 @@ class Task:
                 raise self._disk_full(error) from error
             raise
         self._save_running_record()
+        self._open_live_run()
         try:
             for step in (self.train, self.test, self.export, self.report):
                 log.debug("Task step: %s", step.__name__)
@@ -153,6 +169,35 @@ class Task:
             save_running_record(self.config, self.output_dir, self.tracking_tags())
         except Exception:  # noqa: BLE001 - a record is a safety net, never a reason to stop
             log.debug("could not save the RUNNING run record", exc_info=True)
+
+    def _open_live_run(self) -> None:
+        """Open the MLflow run now, so that it shows the task while it runs. Never a reason to stop:
+        when the store cannot take it, the run is logged at the end as before."""
+        mlflow_cfg = (self.config.get("logger") or {}).get("mlflow")
+        if not self.live_tracking or not mlflow_cfg or not mlflow_cfg.get("live", True):
+            return
+        from quadra_ad.tracking.live_run import LiveRun
+        from quadra_ad.tracking.run_logger import RUNNING, build_record, save_running_record
+
+        tags = self.tracking_tags()
+        try:
+            live_run = LiveRun.open(build_record(self.config, self.output_dir, {}, [], tags, status=RUNNING),
+                                    self.params_known_later())
+        except Exception as error:  # noqa: BLE001 - the run folder keeps the record either way
+            text = str(error).strip()
+            log.warning("The MLflow run could not be opened at the start (%s: %s); training goes on and the run is "
+                        "logged when it ends", type(error).__name__, text.splitlines()[0] if text else "")
+            return
+        self.live_run = live_run
+        try:
+            save_running_record(self.config, self.output_dir, tags, live_run.run_id)
+        except Exception:  # noqa: BLE001
+            log.debug("could not note the live run in the run record", exc_info=True)
+        interval = mlflow_cfg.get("system_metrics_interval_s")
+        if interval:
+            live_run.start_system_metrics(float(interval))
+        self.attach_live_run(live_run)
+        log.info("MLflow run %s is open: it shows the training while it runs", live_run.run_id)
 
     def save_resolved_config(self) -> Path:
         """``config_resolved.yaml``: the config with every interpolation resolved, as run."""

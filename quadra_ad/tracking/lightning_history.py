@@ -7,6 +7,11 @@ from pathlib import Path
 History = dict[str, list[tuple[int, float]]]
 
 
+def indexed_by_epoch(name: str) -> bool:
+    """Epoch-level values (``*_epoch``, validation metrics) are stepped by epoch, the rest by global step."""
+    return name.endswith("_epoch") or name.startswith("val_")
+
+
 def read_lightning_history(run_dir: Path) -> History:
     """``{metric: [(step, value), ...]}`` from ``lightning_logs/version_*/metrics.csv``.
 
@@ -28,8 +33,7 @@ def read_lightning_history(run_dir: Path) -> History:
                         continue  # a row cut short (the run was stopped while Lightning wrote it)
                     if math.isnan(value):
                         continue
-                    by_epoch = name.endswith("_epoch") or name.startswith("val_")
-                    history.setdefault(name, []).append((epoch if by_epoch else step, value))
+                    history.setdefault(name, []).append((epoch if indexed_by_epoch(name) else step, value))
     return history
 
 

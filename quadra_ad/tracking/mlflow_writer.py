@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _local_artifact_location(tracking_uri: str, experiment_name: str) -> str | N
     return (db_path.parent / "mlartifacts" / safe_name).resolve().as_uri()
 
 
-def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, artifact_location: str | None) -> str:
+def experiment_id_for(client: MlflowClient, tracking_uri: str, name: str, artifact_location: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -130,7 +130,7 @@ def check_sqlite_store_writable(tracking_uri: str) -> None:
 
 
 @contextmanager
-def _one_writer_at_a_time(tracking_uri: str) -> Iterator[None]:
+def one_writer_at_a_time(tracking_uri: str) -> Iterator[None]:
     """Across processes, one writer at a time in an embedded store (a lock file beside it).
 
     Several jobs of a sweep creating a fresh ``mlflow.db`` at once otherwise race through its
@@ -168,7 +168,7 @@ def _log_model(tracking_uri: str, run_id: str, folder: Path, registered_model_na
     loader_log.setLevel(logging.WARNING)
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
-        with _one_writer_at_a_time(tracking_uri):
+        with one_writer_at_a_time(tracking_uri):
             info = log_deployment_model(run_id, folder, registered_model_name)
         logged = MlflowClient(tracking_uri=tracking_uri).get_logged_model(info.model_id)
         model_root = local_artifact_path(logged.artifact_location)
@@ -196,29 +196,45 @@ def log_run(
     metric_history: dict[str, list[tuple[int, float]]] | None = None,
     status: str = "FINISHED",
     model: tuple[Path, str | None] | None = None,
+    live_run_id: str | None = None,
 ) -> TrackedRun:
     """Create one run holding params, metrics (plus per-step histories), tags and artifacts.
 
     The run ends with ``status`` (FINISHED, FAILED or KILLED). ``model``: (deployment folder,
     registered model name or None) to log as the run's MLflow model before it ends.
+    ``live_run_id``: the run opened when training started (see ``live_run``); when this store
+    still has it, that run is completed (params and history points it already has are not sent
+    twice) instead of a new one created.
 
     A failure after the run exists marks it FAILED before re-raising.
     """
     check_server_reachable(tracking_uri)
     check_sqlite_store_writable(tracking_uri)
     create_embedded_store(tracking_uri)
-    with _one_writer_at_a_time(tracking_uri):
+    with one_writer_at_a_time(tracking_uri):
         client = MlflowClient(tracking_uri=tracking_uri)
-        experiment_id = _experiment_id(client, tracking_uri, experiment_name, artifact_location)
-        run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
+        run = _live_run(client, live_run_id)
+        if run is None:
+            experiment_id = experiment_id_for(client, tracking_uri, experiment_name, artifact_location)
+            run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
+        else:
+            experiment_id = run.info.experiment_id
     run_id = run.info.run_id
     try:
-        param_items = [Param(k, v) for k, v in params.items()]
+        logged_params = run.data.params
+        param_items = [Param(k, v) for k, v in params.items() if k not in logged_params]
         now_ms = int(time.time() * 1000)
         metric_items = [Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
         for name, points in (metric_history or {}).items():
-            metric_items += [Metric(name, float(value), now_ms, int(step)) for step, value in points]
-        with _one_writer_at_a_time(tracking_uri):
+            sent = _logged_steps(client, run, name)
+            metric_items += [Metric(name, float(value), now_ms, int(step)) for step, value in points
+                             if int(step) not in sent]
+        if run.info.run_id == live_run_id:  # tags gained since it opened (model path, error)
+            tag_items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+            with one_writer_at_a_time(tracking_uri):
+                for start in range(0, len(tag_items), _BATCH):
+                    client.log_batch(run_id, tags=tag_items[start : start + _BATCH])
+        with one_writer_at_a_time(tracking_uri):
             for start in range(0, len(param_items), _BATCH):
                 client.log_batch(run_id, params=param_items[start : start + _BATCH])
             for start in range(0, len(metric_items), _BATCH):
@@ -233,7 +249,7 @@ def log_run(
                 client.log_artifact(run_id, str(artifact))
         if model is not None:
             _log_model(tracking_uri, run_id, *model)
-        with _one_writer_at_a_time(tracking_uri):
+        with one_writer_at_a_time(tracking_uri):
             client.set_terminated(run_id, status)
     except BaseException:
         try:
@@ -244,10 +260,28 @@ def log_run(
     return TrackedRun(tracking_uri, experiment_name, experiment_id, run_id, status)
 
 
+def _live_run(client: MlflowClient, run_id: str | None):
+    """The live run ``run_id`` when this store has it and it is not deleted; else None."""
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - another store (uploaded elsewhere), or deleted for good
+        return None
+    return run if run.info.lifecycle_stage == "active" else None
+
+
+def _logged_steps(client: MlflowClient, run, name: str) -> set[int]:
+    """Steps of metric ``name`` the run already holds (a live run logged them while training)."""
+    if name not in run.data.metrics:
+        return set()
+    return {metric.step for metric in client.get_metric_history(run.info.run_id, name)}
+
+
 def adopt_runs(tracking_uri: str, parent_run_id: str, child_run_ids: list[str]) -> None:
     """Show ``child_run_ids`` under ``parent_run_id`` in the MLflow UI (its parent-run tag)."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    with _one_writer_at_a_time(tracking_uri):
+    with one_writer_at_a_time(tracking_uri):
         for run_id in child_run_ids:
             client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
 
@@ -317,7 +351,7 @@ def create_embedded_store(tracking_uri: str) -> None:
     database = sqlite_database(tracking_uri)
     if database is None or database.exists():
         return
-    with _one_writer_at_a_time(tracking_uri):
+    with one_writer_at_a_time(tracking_uri):
         if database.exists():
             return
         partial = database.with_name(f".{database.name}.{os.getpid()}.partial")

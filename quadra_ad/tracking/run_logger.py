@@ -74,10 +74,11 @@ def base_tags(config: DictConfig, output_dir: Path, task_name: str) -> dict[str,
 
 def build_record(config: DictConfig, output_dir: Path, metrics: dict[str, float], artifacts: list[Path],
                  tags: dict[str, str], metric_history: dict | None = None, status: str = "FINISHED",
-                 model_folder: Path | None = None) -> dict | None:
+                 model_folder: Path | None = None, live_run_id: str | None = None) -> dict | None:
     """What ``mlflow_run.json`` holds for a run (None when no MLflow logger is configured).
 
     ``model_folder``: a deployment folder to log as the run's MLflow model (finished training runs).
+    ``live_run_id``: the run opened when training started, which the final logging completes.
     """
     mlflow_cfg = (config.get("logger") or {}).get("mlflow")
     if not mlflow_cfg:
@@ -99,19 +100,23 @@ def build_record(config: DictConfig, output_dir: Path, metrics: dict[str, float]
         "artifact_location": mlflow_cfg.get("artifact_location"),
         "metric_history": metric_history or {},
         "status": status,
+        "live_run_id": live_run_id,
     }
 
 
-def save_running_record(config: DictConfig, output_dir: Path, tags: dict[str, str]) -> None:
+def save_running_record(config: DictConfig, output_dir: Path, tags: dict[str, str],
+                        live_run_id: str | None = None) -> dict | None:
     """Write ``mlflow_run.json`` as RUNNING when the run starts, before any other result: a process
-    that dies without a word (SIGKILL, power loss) still leaves a record to upload. Best effort."""
-    request = build_record(config, output_dir, {}, [], tags, status=RUNNING)
+    that dies without a word (SIGKILL, power loss) still leaves a record to upload. Best effort;
+    returns the record (None without an MLflow logger)."""
+    request = build_record(config, output_dir, {}, [], tags, status=RUNNING, live_run_id=live_run_id)
     if request is None:
-        return
+        return None
     try:
         write_text(Path(output_dir) / REQUEST_FILE, json.dumps(request, indent=2) + "\n")
     except OSError as error:
         log.warning("could not save the run record in %s (%s)", output_dir, error)
+    return request
 
 
 def track_run(
@@ -123,6 +128,7 @@ def track_run(
     metric_history: dict[str, list[tuple[int, float]]] | None = None,
     status: str = "FINISHED",
     model_folder: Path | None = None,
+    live_run_id: str | None = None,
 ):
     """Log one run as ``logger.mlflow`` says; return the TrackedRun, or None when no logger is configured.
 
@@ -131,7 +137,8 @@ def track_run(
     :class:`TrackingFailed` says so. The outputs are already on disk and stay there whatever
     happens here.
     """
-    request = build_record(config, output_dir, metrics, artifacts, tags, metric_history, status, model_folder)
+    request = build_record(config, output_dir, metrics, artifacts, tags, metric_history, status, model_folder,
+                           live_run_id)
     if request is None:
         log.info("No logger.mlflow configured: the run is on disk only.")
         return None
@@ -223,6 +230,7 @@ def _log_request(request: dict, run_dir: Path, request_path: Path | None):
             metric_history={k: [tuple(p) for p in v] for k, v in request.get("metric_history", {}).items()},
             status=request.get("status", "FINISHED"),
             model=_model_to_log(request, run_dir),
+            live_run_id=request.get("live_run_id"),
         )
     except Exception as error:  # noqa: BLE001 - tracking must never lose a finished run
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
