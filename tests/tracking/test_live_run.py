@@ -43,6 +43,7 @@ def test_the_run_shows_the_training_while_it_trains(segmentation_dataset, tmp_pa
     assert "image_AUROC" in finished.data.metrics
     assert any(key.startswith("system/cpu_utilization") for key in finished.data.metrics)
     assert "system/system_memory_usage_megabytes" in finished.data.metrics
+    assert "lr-SGD" in finished.data.metrics  # STFPM's optimizer, once per epoch
     assert finished.data.params["datamodule.train_batch_size"] == "8"
     assert "train_batch_size: 8" in (tmp_path / "run" / "config_resolved.yaml").read_text()
     # The best checkpoint is an artifact of the run.
