@@ -30,6 +30,7 @@ from quadra_ad.config.preflight import (
     expand_category_patterns,
     group_options,
 )
+from quadra_ad.config.quadra_keys import translate_quadra_keys
 from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import QuadraADError
 from quadra_ad.interrupts import Terminated, install_sigterm_handler, sigterm_received
@@ -63,7 +64,8 @@ def one_line(error: BaseException) -> str:
 def _fail(error: QuadraADError) -> NoReturn:
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error
-    print(f"quadra-ad: error: {one_line(error)}", file=sys.stderr)
+    for line in getattr(error, "lines", None) or [one_line(error)]:
+        print(f"quadra-ad: error: {line}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -126,6 +128,11 @@ def _record_failed_job(job: str, cfg: DictConfig, task, error: BaseException, mi
 def _hydra_entry(cfg: DictConfig) -> float | None:
     task = None
     try:
+        translate_quadra_keys(cfg)  # again: Hydra composed this config itself
+        if cfg.get("print_config"):
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         if not _CHECKED_BEFORE_HYDRA:
             from quadra_ad.startup_checks import check_before_run
 

@@ -14,6 +14,15 @@ class ConfigError(QuadraADError):
     """A config key is missing, unknown or has a value we cannot use."""
 
 
+class ConfigErrors(ConfigError):
+    """Several config keys at fault at once (e.g. a Quadra file's keys with no counterpart):
+    one line each, all reported together so that one run shows every fix."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = list(lines)
+
+
 class DatasetError(QuadraADError):
     """A dataset folder or file does not follow the expected layout or cannot be read."""
 

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from quadra_ad.config.experiment_source import register_experiment_sources
 from quadra_ad.config.locations import config_dir
+from quadra_ad.config.quadra_keys import translate_quadra_keys
 from quadra_ad.config.resolvers import register_resolvers
 
 
@@ -15,4 +16,6 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     register_experiment_sources()
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        cfg = compose(config_name="config", overrides=list(overrides))
+    # A Quadra experiment file's keys become ours here, before anything reads them.
+    return translate_quadra_keys(cfg)

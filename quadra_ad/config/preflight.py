@@ -19,14 +19,25 @@ from quadra_ad.errors import ConfigError
 _SWEEP_MARKERS = ("(", ")", "[", "]", "{", "}", "$", "*")
 
 
-def group_options(group: str) -> list[str]:
-    """Every selectable name of a config group (``experiment`` included)."""
+#: The first line of an option that is Quadra's name for one of ours (accepted, not listed).
+QUADRA_ALIAS_MARK = "# Quadra's name for this option"
+
+
+def group_options(group: str, with_aliases: bool = False) -> list[str]:
+    """Every selectable name of a config group (``experiment`` included); Quadra's names for our
+    options only ``with_aliases`` (they compose, but listings and completion offer ours)."""
     roots = experiment_dirs() if group == "experiment" else [config_dir() / group]
     names: set[str] = set()
     for root in roots:
         if root.is_dir():
-            names.update(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+            names.update(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml")
+                         if with_aliases or not _is_quadra_alias(p))
     return sorted(names)
+
+
+def _is_quadra_alias(path: Path) -> bool:
+    with path.open(encoding="utf-8") as handle:
+        return handle.readline().startswith(QUADRA_ALIAS_MARK)
 
 
 def _known_groups() -> set[str]:
@@ -46,7 +57,7 @@ def check_group_choices(overrides: Sequence[str]) -> None:
         key = key.lstrip("+~")
         if key not in groups or not value or value == "null" or any(m in value for m in _SWEEP_MARKERS):
             continue
-        options = group_options(key)
+        options = group_options(key, with_aliases=True)
         for choice in value.split(","):
             if choice in options:
                 continue
