@@ -68,3 +68,31 @@ def test_a_new_store_takes_its_name_only_when_complete(tmp_path):
     before = (tmp_path / "mlflow.db").stat().st_mtime_ns
     create_embedded_store(uri)  # an existing store is left alone
     assert (tmp_path / "mlflow.db").stat().st_mtime_ns == before
+
+
+def test_new_stores_are_copied_from_an_empty_one_kept_per_mlflow_version(tmp_path, monkeypatch):
+    """The schema migrations run once per MLflow version; each new store is a copy that MLflow
+    opens and writes like one it built (Default experiment's artifacts in ./mlruns of the cwd)."""
+    from mlflow.tracking import MlflowClient
+
+    from quadra_ad.tracking.mlflow_writer import _store_template, create_embedded_store, log_run
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = _store_template()
+    assert not template.exists()
+    (tmp_path / "a").mkdir()
+    create_embedded_store(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
+    assert template.is_file()  # built by migrations the first time, then kept
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b").mkdir()
+    uri = f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+    tracked = log_run(uri, "copied", None, {"p": "1"}, {"m": 0.5}, [])
+    client = MlflowClient(uri)
+    assert client.get_run(tracked.run_id).data.metrics == {"m": 0.5}
+    assert client.get_experiment("0").artifact_location == str(tmp_path / "mlruns" / "0")
+
+    template.write_bytes(b"damaged")  # a damaged template is not used: the store is built
+    (tmp_path / "c").mkdir()
+    create_embedded_store(f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}")
+    assert [e.name for e in MlflowClient(f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}").search_experiments()] == ["Default"]
