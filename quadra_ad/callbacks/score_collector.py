@@ -13,12 +13,14 @@ from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
 from quadra_ad.distributed import gather_objects, global_order, world_size
-from quadra_ad.metrics import auroc
+from quadra_ad.metrics import auroc, image_metrics
 from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration, ThresholdRule, calibrate
+from quadra_ad.thresholds import Calibration, ThresholdRule, calibrate, f1_optimal_threshold
 
 #: Logged at every validation epoch during fit; a best-epoch checkpoint monitors it.
 VALIDATION_AUROC = "val_image_AUROC"
+#: The best F1 over thresholds on the validation images (Quadra's checkpoints monitor it).
+VALIDATION_F1 = "val_image_F1"
 
 
 class ScoreCollector(Callback):
@@ -69,9 +71,11 @@ class ScoreCollector(Callback):
         labels = self.validation.label_tensor(labelled)
         if 0 < int(labels.sum()) < len(labelled):
             # Logged so checkpointing and early stopping can monitor it.
-            value = auroc(self.validation.score_tensor(labelled), labels)
-            # Every process holds the same value: syncing averages it to itself, and tells Lightning so.
-            pl_module.log(VALIDATION_AUROC, value, prog_bar=True, logger=True, sync_dist=world_size() > 1)
+            scores = self.validation.score_tensor(labelled)
+            best_f1 = image_metrics(scores, labels, f1_optimal_threshold(scores, labels))["image_F1"]
+            # Every process holds the same values: syncing averages them to themselves, and tells Lightning so.
+            pl_module.log(VALIDATION_AUROC, auroc(scores, labels), prog_bar=True, logger=True, sync_dist=world_size() > 1)
+            pl_module.log(VALIDATION_F1, best_f1, logger=True, sync_dist=world_size() > 1)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.test = ScoredSet()

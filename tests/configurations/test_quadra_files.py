@@ -232,3 +232,14 @@ def test_the_cli_prints_each_quadra_key_on_its_line_and_exits_2(quadra_experimen
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(errors) == 2 and all(line.startswith("quadra-ad: error: ") for line in errors), errors
     assert not list(tmp_path.glob("outputs/**/deployment_model"))  # refused before any training
+
+
+def test_quadra_model_checkpoint_is_our_checkpoint(quadra_experiment, segmentation_dataset):
+    text = (QUADRA_PADIM % {"size": IMAGE_SIZE}).replace("  batch_size_finder:\n    disable: true\n", (
+        "  batch_size_finder:\n    disable: true\n  model_checkpoint:\n"
+        "    _target_: pytorch_lightning.callbacks.ModelCheckpoint\n    monitor: validation_image_F1\n"
+        "    mode: max\n    dirpath: checkpoints/\n    filename: final_model\n    save_last: true\n"))
+    cfg = compose_config([quadra_experiment(text), f"datamodule.data_path={segmentation_dataset}"])
+    assert "model_checkpoint" not in cfg.callbacks
+    assert cfg.callbacks.checkpoint.monitor == "val_image_F1" and cfg.callbacks.checkpoint.enabled is True
+    assert cfg.callbacks.checkpoint._target_ == "lightning.pytorch.callbacks.ModelCheckpoint"

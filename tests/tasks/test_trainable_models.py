@@ -32,6 +32,8 @@ def test_per_epoch_losses_and_validation_auroc_reach_mlflow(segmentation_dataset
     losses = client.get_metric_history(task.tracked_run.run_id, "train_loss_epoch")
     assert [m.step for m in losses] == [0, 1, 2]
     assert len(client.get_metric_history(task.tracked_run.run_id, "val_image_AUROC")) == 3
+    # The best validation F1 too: Quadra's checkpoints monitor it (validation_image_F1 there).
+    assert len(client.get_metric_history(task.tracked_run.run_id, "val_image_F1")) == 3
 
 
 def test_best_validation_epoch_is_checkpointed_and_tested(segmentation_dataset, tmp_path):
