@@ -2,7 +2,9 @@
 
 Reads runs from the MLflow store quadra-ad logged to (the embedded ``./mlflow.db`` by default,
 or any server URI), ranks them by one metric and prints a table; writes the same table as CSV
-and Markdown, and with ``--plot`` a bar chart of the metric per run grouped by model.
+and Markdown, and with ``--plot`` a bar chart of the metric per run grouped by model. Where the
+selected runs mix training and inference runs, only the training runs are ranked unless
+``--include-inference`` is given (an inference run's metric is on other images).
 
 With ``--baseline`` it also holds the runs to an earlier ``runs.csv`` or experiment, per
 (category = data folder name, model): ``--fail-on-regression MARGIN`` exits 1 when a metric
@@ -33,6 +35,7 @@ from quadra_ad.tracking.regression_gate import (
 )
 from quadra_ad.tracking.run_table import (
     BUILTIN_COLUMNS, CompareError, build_table, display_path, fetch_runs, to_csv, to_markdown, to_terminal,
+    without_inference_runs,
 )
 
 CSV_FILE = "runs.csv"
@@ -61,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, default=Path("comparison"),
                         help=f"where {CSV_FILE}, {MARKDOWN_FILE} and the plot go (default: ./comparison)")
     parser.add_argument("--plot", action="store_true", help="also write <metric>_by_model.png")
+    parser.add_argument("--include-inference", action="store_true",
+                        help="rank inference runs with the training runs (default: where both are selected, only the "
+                             "training runs: an inference run scores other images with another threshold)")
     parser.add_argument("--register", metavar="NAME", help="register the best run's MLflow model as a new version of NAME")
     parser.add_argument("--alias", help="with --register: point this alias (e.g. champion) at the new version")
     gate = parser.add_argument_group(
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         margin = _gate_arguments(args)
         runs = fetch_runs(tracking_uri, args.experiment, args.filter, args.max_runs)
+        runs, hidden = (runs, 0) if args.include_inference else without_inference_runs(runs)
         baseline = load_baseline(args.baseline, tracking_uri, args.max_runs) if args.baseline else None
         if baseline is not None:
             runs, skipped = _without_baseline_runs(runs, baseline)
@@ -129,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(no checked run at {tracking_uri} has {args.sort_by}: no table written)")
     if skipped:
         print(f"({skipped} run{'s' * (skipped != 1)} of the baseline itself not checked against it)")
+    if hidden:
+        print(f"({hidden} inference run{'s' * (hidden != 1)} not shown: --include-inference ranks them with the "
+              f"training runs)")
     if baseline is not None and _gate_fails(baseline, runs, margin, args):
         return 1  # and registers nothing: a regressed model must not become the champion
     if args.register:

@@ -3,7 +3,9 @@
 One panel strip per image: the image as the model saw it, the anomaly map, the predicted mask
 outlined on the image, and the true mask when there is one. With ``raw_outputs`` the anomaly
 map (float32 TIFF) and predicted mask (PNG) are also written at the image's own resolution.
-Used by the inference task and by the training task's visualizer callback.
+Used by the inference task and by the training task's visualizer callback; the run report uses
+:func:`heatmap_strip` for its worst mistakes and :func:`write_predicted_masks` (the masks alone,
+at the image's resolution) when the run has a pixel threshold, i.e. the data had masks.
 """
 
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from quadra_ad.thresholds import Calibration
 
 HEATMAPS_DIR = "heatmaps"
 RAW_OUTPUTS_DIR = "raw_outputs"
+PREDICTED_MASKS_DIR = "predicted_masks"
 _MIN_PANEL = 256
 
 
@@ -59,7 +62,7 @@ def _titled(panel: np.ndarray, title: str) -> np.ndarray:
 
 
 def _strip(image: np.ndarray, anomaly_map: np.ndarray, pred_mask: np.ndarray, true_mask: np.ndarray | None,
-           settings: HeatmapSettings, caption: str) -> np.ndarray:
+           calibration: Calibration, caption: str) -> np.ndarray:
     scale = max(1, int(np.ceil(_MIN_PANEL / max(image.shape[:2]))))
     size = (image.shape[1] * scale, image.shape[0] * scale)
 
@@ -67,7 +70,7 @@ def _strip(image: np.ndarray, anomaly_map: np.ndarray, pred_mask: np.ndarray, tr
         return cv2.resize(array, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
 
     big_image = up(image)
-    heat = cv2.addWeighted(big_image, 0.4, up(_colour_map(anomaly_map, *settings.calibration.map_range)), 0.6, 0)
+    heat = cv2.addWeighted(big_image, 0.4, up(_colour_map(anomaly_map, *calibration.map_range)), 0.6, 0)
     panels = [
         _titled(big_image, caption),
         _titled(heat, "anomaly map"),
@@ -91,11 +94,7 @@ def write_heatmaps(scored: ScoredSet, preparation: ImagePreparation, output_dir:
             continue
         path = Path(image_path)
         original = read_image(path)
-        anomaly_map = scored.maps[i].numpy()
-        pred_mask = anomaly_map >= mask_threshold
-        true_mask = scored.masks[i].numpy() if scored.has_masks else None
-        caption = f"label={'?' if label is None else label} pred={predicted} score={scored.scores[i]:.4g}"
-        strip = _strip(_to_bgr(preparation.display_image(original, path)), anomaly_map, pred_mask, true_mask, settings, caption)
+        strip = heatmap_strip(scored, i, preparation, settings.calibration, original)
         target = output_dir / HEATMAPS_DIR / scored.defect_types[i]
         target.mkdir(parents=True, exist_ok=True)
         write_image(target / f"{path.stem}.png", strip)
@@ -106,11 +105,41 @@ def write_heatmaps(scored: ScoredSet, preparation: ImagePreparation, output_dir:
     return written
 
 
+def heatmap_strip(scored: ScoredSet, index: int, preparation: ImagePreparation, calibration: Calibration,
+                  original: torch.Tensor | None = None) -> np.ndarray:
+    """The panel strip (BGR) of image ``index``: the image, and with a map the map and the masks.
+
+    ``calibration`` labels the image and the pixels; ``original`` saves reading the file again.
+    """
+    path = Path(scored.image_paths[index])
+    original = read_image(path) if original is None else original
+    label, score = scored.labels[index], scored.scores[index]
+    predicted = int(score >= calibration.image_threshold)
+    caption = f"label={'?' if label is None else label} pred={predicted} score={score:.4g}"
+    image = _to_bgr(preparation.display_image(original, path))
+    if not scored.has_maps:  # an image-level model: the image and its verdict are all there is
+        scale = max(1, int(np.ceil(_MIN_PANEL / max(image.shape[:2]))))
+        return _titled(cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR), caption)
+    anomaly_map = scored.maps[index].numpy()
+    true_mask = scored.masks[index].numpy() if scored.has_masks else None
+    return _strip(image, anomaly_map, anomaly_map >= calibration.mask_threshold, true_mask, calibration, caption)
+
+
+def full_resolution_map(anomaly_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """The anomaly map resized (bilinear) to ``size`` = (height, width) of the region the model saw."""
+    return F.interpolate(anomaly_map[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def predicted_mask(full_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
+    """Binary mask as an 8-bit image: 255 where the map reaches the pixel threshold, else 0."""
+    return ((full_map >= pixel_threshold) * 255).astype(np.uint8)
+
+
 def _write_raw(anomaly_map: torch.Tensor, size: tuple[int, int], pixel_threshold: float, folder: Path, stem: str) -> None:
-    full = F.interpolate(anomaly_map[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    full = full_resolution_map(anomaly_map, size)
     folder.mkdir(parents=True, exist_ok=True)
     write_image(folder / f"{stem}_anomaly_map.tiff", full.astype(np.float32))
-    write_image(folder / f"{stem}_pred_mask.png", ((full >= pixel_threshold) * 255).astype(np.uint8))
+    write_image(folder / f"{stem}_pred_mask.png", predicted_mask(full, pixel_threshold))
 
 
 def write_image(path: Path, array: np.ndarray) -> Path:
@@ -119,3 +148,20 @@ def write_image(path: Path, array: np.ndarray) -> Path:
         if not cv2.imwrite(str(temporary), array):
             raise OSError(f"cannot write image '{path}'")
     return path
+
+
+def write_predicted_masks(scored: ScoredSet, preparation: ImagePreparation, output_dir: Path,
+                          pixel_threshold: float) -> Path | None:
+    """``predicted_masks/<defect type>/<image stem>.png`` for every image with a map: 255 where the map
+    reaches ``pixel_threshold``, at the size of the image region the model saw (the whole image
+    unless a crop was set). None when the model gives no maps."""
+    if not scored.has_maps:
+        return None
+    folder = output_dir / PREDICTED_MASKS_DIR
+    for i, image_path in enumerate(scored.image_paths):
+        path = Path(image_path)
+        size = preparation.region_size(read_image(path), path)
+        target = folder / scored.defect_types[i]
+        target.mkdir(parents=True, exist_ok=True)
+        write_image(target / f"{path.stem}.png", predicted_mask(full_resolution_map(scored.maps[i], size), pixel_threshold))
+    return folder

@@ -1,4 +1,4 @@
-"""Summary plots: confusion matrix and score histogram with the threshold line.
+"""Summary plots: confusion matrix, score histogram with the threshold line, comparison bars.
 
 Figures are made with matplotlib's object API (``Figure``), not ``pyplot``: they are written to
 files only, so no backend is chosen or switched for the process that imports this module.
@@ -31,12 +31,18 @@ def plot_confusion_matrix(counts: dict[str, int], path: Path) -> Path:
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     return Path(path)
 
 
 def plot_score_histogram(scores: list[float], labels: list[int | None], threshold: float, path: Path) -> Path:
     """Histogram of raw image scores by true label, with the threshold as a vertical line."""
+    save_figure(score_histogram_figure(scores, labels, threshold), path)
+    return Path(path)
+
+
+def score_histogram_figure(scores: list[float], labels: list[int | None], threshold: float) -> Figure:
+    """The figure of :func:`plot_score_histogram`."""
     scores_array = np.asarray(scores, dtype=np.float64)
     groups = {
         "good": [s for s, label in zip(scores_array, labels) if label == 0],
@@ -44,22 +50,32 @@ def plot_score_histogram(scores: list[float], labels: list[int | None], threshol
         "unknown": [s for s, label in zip(scores_array, labels) if label is None],
     }
     bins = np.histogram_bin_edges(np.append(scores_array, threshold), bins=30)
-    figure = Figure(figsize=(6, 3.6))
+    figure = Figure(figsize=(6, 3.8))
     axis = figure.subplots()
     for name, colour in (("good", "tab:green"), ("anomalous", "tab:red"), ("unknown", "tab:gray")):
         if groups[name]:
             axis.hist(groups[name], bins=bins, alpha=0.6, label=f"{name} ({len(groups[name])})", color=colour)
     axis.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    # The x range is the scores' own (with the threshold), never stretched to 0: raw scores often
+    # cluster far from it, and a stretched axis squeezes every bar into a sliver.
+    pad = 0.02 * (bins[-1] - bins[0] or 1.0)
+    axis.set_xlim(bins[0] - pad, bins[-1] + pad)
     axis.set_xlabel("raw anomaly score")
     axis.set_ylabel("images")
-    axis.legend()
+    axis.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=4, fontsize=8, frameon=False)  # above, off the bars
     figure.tight_layout()
-    _save(figure, path)
-    return Path(path)
+    return figure
 
 
 def plot_metric_by_model(runs: list[tuple[str, str, float]], metric: str, path: Path) -> Path:
     """Bar chart of ``metric`` per run (``(run, model, value)``), runs of one model side by side in one colour."""
+    save_figure(metric_by_model_figure(runs, metric), path)
+    return Path(path)
+
+
+def metric_by_model_figure(runs: list[tuple[str, str, float]], metric: str) -> Figure:
+    """The figure of :func:`plot_metric_by_model`: the bar axis spans the values' range (see
+    :func:`clustered_limits`), the legend sits right of the bars."""
     ordered = sorted(runs, key=lambda item: (item[1], -item[2]))
     models = list(dict.fromkeys(model for _, model, _ in ordered))
     colours = {model: colormaps["tab10"](i % 10) for i, model in enumerate(models)}
@@ -70,14 +86,14 @@ def plot_metric_by_model(runs: list[tuple[str, str, float]], metric: str, path: 
     for bar, (_, _, value) in zip(bars, ordered):
         axis.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                       ha="center", va="bottom", fontsize=7)
+    axis.set_ylim(*clustered_limits([value for _, _, value in ordered]))
     axis.set_xticks(positions, [run for run, _, _ in ordered], rotation=45, ha="right", fontsize=7)
     axis.set_ylabel(metric)
     axis.set_title(f"{metric} per run, grouped by model", fontsize=10)
     axis.legend(handles=[Rectangle((0, 0), 1, 1, color=colours[m]) for m in models], labels=models,
-                fontsize=7, loc="lower right")
+                fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
-    _save(figure, path)
-    return Path(path)
+    return figure
 
 
 def plot_metric_by_category(jobs: list[tuple[str, str, float | None]], metric: str, path: Path) -> Path:
@@ -100,20 +116,29 @@ def plot_metric_by_category(jobs: list[tuple[str, str, float | None]], metric: s
         xs = [i + (index - (len(models) - 1) / 2) * width for i, c in enumerate(categories) if (c, model) in best]
         axis.bar(xs, [best[(c, model)] for c in categories if (c, model) in best], width=width, color=colours[model],
                  label=model)
-    values = list(best.values())
-    if values:
-        low, high = min(values), max(values)
-        margin = max(0.02, 0.15 * (high - low))
-        axis.set_ylim(max(0.0, low - margin) if low >= 0 else low - margin, high + margin / 2)
+    if best:
+        axis.set_ylim(*clustered_limits(list(best.values())))
     axis.set_xticks(range(len(categories)), categories, rotation=45 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center")
     axis.set_ylabel(metric)
     axis.set_title(f"{metric} per category and model", fontsize=10)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     return Path(path)
 
 
-def _save(figure: Figure, path: Path) -> None:
+def clustered_limits(values: list[float]) -> tuple[float, float]:
+    """Bar-axis limits from the values' own range: close values (0.97 against 0.99) stay apart
+    instead of all reaching the top of an axis that starts at 0. Never below 0 for non-negative
+    values; room above the highest bar for its label."""
+    finite = [v for v in values if np.isfinite(v)]
+    if not finite:
+        return 0.0, 1.0
+    low, high = min(finite), max(finite)
+    margin = max(0.02, 0.15 * (high - low))
+    return (max(0.0, low - margin) if low >= 0 else low - margin), high + margin / 2
+
+
+def save_figure(figure: Figure, path: Path) -> None:
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=100, format=Path(path).suffix.lstrip(".") or "png")

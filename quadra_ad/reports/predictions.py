@@ -1,4 +1,4 @@
-"""``predictions.csv`` and ``metrics.json``: the same files from training and inference."""
+"""``predictions.csv`` (and ``.jsonl``) and ``metrics.json``: the same files from training and inference."""
 
 import csv
 import json
@@ -13,6 +13,7 @@ from quadra_ad.scored_set import ScoredSet
 from quadra_ad.thresholds import Calibration
 
 PREDICTIONS_CSV = "predictions.csv"
+PREDICTIONS_JSONL = "predictions.jsonl"
 METRICS_JSON = "metrics.json"
 COLUMNS = ["image_path", "defect_type", "label", "raw_score", "normalized_score", "predicted_label", "threshold"]
 
@@ -39,6 +40,30 @@ def write_predictions(scored: ScoredSet, path: Path, threshold: float, normaliza
                 int(score >= threshold),
                 f"{threshold:.9g}",
             ])
+    return Path(path)
+
+
+def write_predictions_jsonl(scored: ScoredSet, path: Path, threshold: float, normalization: Calibration,
+                            mask_folder: str | None = None) -> Path:
+    """The rows of ``predictions.csv`` as one JSON object per line, for programs: numbers as numbers,
+    ``label`` null for unknown images, and ``predicted_mask`` (the file, relative to the run folder)
+    when ``mask_folder`` names the folder the predicted masks were written to."""
+    normalized = normalization.normalize(np.asarray(scored.scores, dtype=np.float64))
+    with atomic_path(path) as temporary, temporary.open("w", encoding="utf-8") as handle:
+        for i, image_path in enumerate(scored.image_paths):
+            score = scored.scores[i]
+            row = {
+                "image_path": image_path,
+                "defect_type": scored.defect_types[i],
+                "label": scored.labels[i],
+                "raw_score": score,
+                "normalized_score": float(normalized[i]),
+                "predicted_label": int(score >= threshold),
+                "threshold": float(threshold),
+            }
+            if mask_folder is not None:
+                row["predicted_mask"] = f"{mask_folder}/{scored.defect_types[i]}/{Path(image_path).stem}.png"
+            handle.write(json.dumps(row) + "\n")
     return Path(path)
 
 

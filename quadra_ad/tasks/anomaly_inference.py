@@ -153,8 +153,11 @@ class AnomalyInferenceTask(Task):
 
     def report(self) -> None:
         scored = concat_scored_sets(self.labelled, self.unknown)
+        if self.metrics:  # metrics.json's thresholds block: where the threshold behind the metrics came from
+            self.metrics.provenance.setdefault("image_threshold", self.threshold_source)
         self.report_files = write_report(scored, self.metrics, self.output_dir, self.model.card.calibration,
-                                         threshold=self.calibration.image_threshold)
+                                         calibration=self.calibration, preparation=self.datamodule.preparation,
+                                         about=self.tracking_tags())
         if self.plot_heatmaps or self.plot_raw_outputs:
             settings = HeatmapSettings(self.calibration, only_wrong=self.plot_only_wrong, raw_outputs=self.plot_raw_outputs)
             for part in (self.labelled, self.unknown):

@@ -179,7 +179,8 @@ class AnomalyTrainingTask(Task):
 
     def report(self) -> None:
         scored = concat_scored_sets(self.collector.test, self.collector.predict)
-        self.report_files = write_report(scored, self.metrics, self.output_dir, self.calibration)
+        self.report_files = write_report(scored, self.metrics, self.output_dir, self.calibration,
+                                         preparation=self.datamodule.preparation, about=self.tracking_tags())
 
     def finalize(self) -> None:
         if self.export_errors:

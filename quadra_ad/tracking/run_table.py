@@ -31,6 +31,8 @@ BUILTIN_COLUMNS = {
     "model_path": lambda run: run.data.tags.get("quadra_ad.model_path", ""),
 }
 DEFAULT_METRICS = ("image_AUROC", "image_F1", "pixel_AUROC")
+#: ``quadra_ad.task`` tag of an inference run.
+INFERENCE_TASK = "AnomalyInferenceTask"
 #: Params that differ between runs by construction and say nothing about the settings.
 _NOISY_PARAM_PARTS = (
     "_target_", "core.name", "logger.", "data_path", "model_path", "enable_progress_bar", "num_workers",
@@ -100,6 +102,16 @@ def fetch_runs(tracking_uri: str, experiment_names: list[str] | None, filter_str
     for run in runs:
         run.data.tags["quadra_ad.experiment_name"] = names.get(run.info.experiment_id, "")
     return runs
+
+
+def without_inference_runs(runs) -> tuple[list, int]:
+    """The training runs and how many inference runs were left out, where ``runs`` mix the two:
+    an inference run's metric comes from other images and another threshold, so ranking it with
+    training runs compares unlike things. Runs that are all inference are kept (nothing is mixed)."""
+    kept = [run for run in runs if run.data.tags.get("quadra_ad.task") != INFERENCE_TASK]
+    if not kept:
+        return list(runs), 0
+    return kept, len(runs) - len(kept)
 
 
 def build_table(runs, sort_metric: str = "image_AUROC", columns: list[str] | None = None, ascending: bool = False) -> RunTable:
