@@ -163,9 +163,11 @@ def test_offline_demo_runs_end_to_end(tmp_path):
         f"datamodule.data_path={tmp_path / 'digits'}",
         "datamodule.limit_data=24",
         "task.use_training_threshold=true",
+        "print_config=true",  # Quadra's key: the resolved config before the run starts
         cwd=tmp_path,
     )
     assert inference.returncode == 0, inference.stderr[-3000:]
+    assert f"model_path: {run_dir / 'deployment_model' / 'model.onnx'}" in inference.stdout
     assert "Warning" not in inference.stdout + inference.stderr, inference.stderr[-3000:]
     inference_dir = next((tmp_path / "outputs" / "digits_inference").iterdir())
     inference_metrics = json.loads((inference_dir / "metrics.json").read_text())
