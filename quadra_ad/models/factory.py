@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from quadra_ad.config.instantiation import instantiate_node
 from quadra_ad.errors import ConfigError
 from quadra_ad.models.backbone_weights import load_backbone_state, load_backbone_weights
+from quadra_ad.models.tiling import apply_tiling, tiling_settings, without_tiling
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ HUB_HOST = "huggingface.co"
 #: What to do when a model's own download (not its backbone's) fails.
 DOWNLOAD_HINTS = {
     "Draem": "set model.dtd_dir to a folder of DTD textures (an existing empty folder makes DRAEM use Perlin noise only)",
+    "Glass": "set model.anomaly_source_path to a folder of DTD textures, or null for Perlin-noise anomalies only",
 }
 
 
@@ -56,8 +58,10 @@ def hub_offline() -> Iterator[None]:
 
 
 def _is_download_failure(error: BaseException) -> bool:
-    seen = error
-    while seen is not None:
+    seen, visited = error, set()
+    # A chain can loop: instantiate_node re-raises a cause whose context is the wrapper around it.
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
         name = type(seen).__name__
         module = type(seen).__module__
         if module.startswith(("huggingface_hub", "urllib", "requests", "httpx", "httpcore", "socket")) or name in (
@@ -69,7 +73,15 @@ def _is_download_failure(error: BaseException) -> bool:
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
-    """Instantiate ``cfg.model``, handling pretrained and local backbone weights."""
+    """Instantiate ``cfg.model``, handling pretrained and local backbone weights and tiling."""
+    tiling = tiling_settings(cfg)  # refused before anything is built when the tiles do not fit
+    model = _build_model(without_tiling(cfg))
+    if tiling is not None:
+        apply_tiling(model, tiling)
+    return model
+
+
+def _build_model(cfg: DictConfig) -> torch.nn.Module:
     backbone = cfg.get("backbone") or {}
     has_switch = "pre_trained" in cfg.model
     # Models without a pre_trained argument always download: backbone.pre_trained decides for them.
@@ -101,6 +113,8 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
                     return instantiate_node(cfg, "model", _convert_="all")
             # Plain lists, not ListConfig: Lightning checkpoints must load with weights_only=True.
             return instantiate_node(cfg, "model", _convert_="all")
+    except ConfigError:
+        raise  # already one line naming the key (a model's own check)
     except Exception as error:
         if _is_download_failure(error):
             model_name = cfg.model._target_.rsplit(".", 1)[-1]

@@ -41,6 +41,26 @@ RECIPES: dict[str, SmokeRecipe] = {
     # At 128 px an image has 16 feature fibres; the default fibre batch (64) needs 4 images.
     "cflow": SmokeRecipe(128, slow=True, extra=("model.fiber_batch_size=16",), batch_dependent=True),
     "csflow": SmokeRecipe(128, backbone=None, slow=True),
+    "cfa": SmokeRecipe(64, slow=True),
+    "fre": SmokeRecipe(64, slow=True),
+    "ganomaly": SmokeRecipe(64, backbone=None, slow=True),
+    "mh_patchcore": SmokeRecipe(64, slow=True, extra=("model.memory_bank_size=200", "model.local_coreset_size=16")),
+    "glass": SmokeRecipe(64, slow=True, extra=("model.pretrain_embed_dim=256", "model.target_embed_dim=256",
+                                               "model.discriminator_hidden=128")),
+    "patchflow": SmokeRecipe(64, slow=True),
+    "uninet": SmokeRecipe(64, backbone="resnet50", slow=True),  # its bottleneck takes ResNet-50 channels
+    "dsr": SmokeRecipe(64, backbone=None, slow=True),
+    # The ViT models at their smallest: the small encoders, 8 x 8 patches of 14 (or 4 x 4 of 16) px.
+    "anomaly_dino": SmokeRecipe(112, backbone=None, slow=True),
+    "dinomaly": SmokeRecipe(112, backbone=None, slow=True, extra=("model.encoder_name=vit_small_patch14_reg4_dinov2",)),
+    "inp_former": SmokeRecipe(112, backbone=None, slow=True, extra=("model.encoder_name=vit_small_patch14_reg4_dinov2",)),
+    "foundad": SmokeRecipe(112, backbone=None, slow=True, extra=("model.encoder_name=dinov2_vit_small_14",)),
+    "general_ad": SmokeRecipe(112, backbone=None, slow=True, extra=(
+        "model.backbone=vit_small_patch14_dinov2.lvd142m", "model.layers=[12]", "model.hidden_dim=256")),
+    "l2bt": SmokeRecipe(112, backbone=None, slow=True),
+    "rad": SmokeRecipe(64, backbone=None, slow=True, extra=("model.backbone=vit_small_patch16_dinov3", "model.k_image=4")),
+    "super_add": SmokeRecipe(64, backbone=None, slow=True, extra=(
+        "model.backbone=vit_small_patch16_dinov3", "model.patch_size=64", "model.layers=[11]")),
 }
 
 

@@ -38,7 +38,8 @@ def _check_keys(node: DictConfig, where: str) -> None:
             if "__init__" in vars(base):
                 params.update(inspect.signature(base.__init__).parameters)
     for key in node:
-        if key.startswith("_") or (key == "enabled" and where.startswith("callbacks.")):
+        # model.tiling is applied by quadra_ad's model factory, not passed to the model (models/tiling.py).
+        if key.startswith("_") or (key == "enabled" and where.startswith("callbacks.")) or (key, where) == ("tiling", "model"):
             continue
         if key not in params:
             close = difflib.get_close_matches(key, list(params), n=1)

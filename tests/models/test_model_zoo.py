@@ -24,7 +24,18 @@ def datasets(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("model", [pytest.param(m, marks=(pytest.mark.slow,) if r.slow else ()) for m, r in RECIPES.items()])
+#: Models whose exports do not reproduce them yet (the support matrix shows the numbers).
+EXPORT_MISMATCH = {"rad": "anomalib's RAD traces to other scores (Δ 0.12 at batch 1); its ONNX export is refused"}
+
+
+def _marks(model: str) -> tuple:
+    marks = (pytest.mark.slow,) if RECIPES[model].slow else ()
+    if model in EXPORT_MISMATCH:
+        marks += (pytest.mark.xfail(reason=EXPORT_MISMATCH[model], strict=True),)
+    return marks
+
+
+@pytest.mark.parametrize("model", [pytest.param(m, marks=_marks(m)) for m in RECIPES])
 def test_model_trains_exports_and_reproduces_its_scores_at_inference(model, datasets, tmp_path):
     data = datasets(RECIPES[model].size)
     training = run(compose_config([*smoke_overrides(model, data, tmp_path), "~logger"]), output_dir=tmp_path / "train")
