@@ -33,7 +33,9 @@ def test_help_lists_examples_and_groups(tmp_path):
 
 
 MODELS = {"cflow", "csflow", "dfkde", "dfm", "draem", "efficient_ad", "fastflow", "padim", "patchcore",
-          "reverse_distillation", "stfpm", "supersimplenet", "uflow"}
+          "reverse_distillation", "stfpm", "supersimplenet", "uflow", "anomaly_dino", "cfa", "dinomaly", "dsr",
+          "foundad", "fre", "ganomaly", "general_ad", "glass", "inp_former", "l2bt", "mh_patchcore", "patchflow",
+          "rad", "super_add", "uninet"}
 
 
 def test_list_help_and_completion_offer_exactly_the_models(tmp_path):
@@ -53,7 +55,7 @@ def test_shell_completion_lists_the_experiments_with_the_users_own(tmp_path):
     (tmp_path / "experiments" / "my_line").mkdir(parents=True)
     (tmp_path / "experiments" / "my_line" / "bottle.yaml").write_text("# @package _global_\ncore:\n  name: b\n")
     assert set(_completions("quadra-ad experiment=base/anomaly/p", tmp_path)) == {
-        "experiment=base/anomaly/padim", "experiment=base/anomaly/patchcore"}
+        "experiment=base/anomaly/padim", "experiment=base/anomaly/patchcore", "experiment=base/anomaly/patchflow"}
     everything = _completions("quadra-ad experiment=", tmp_path)
     assert {"experiment=my_line/bottle", "experiment=generic/mnist/anomaly/stfpm"} <= set(everything)
     assert "experiment=" in _completions("quadra-ad exper", tmp_path)
