@@ -145,7 +145,7 @@ def test_aupro_is_anomalib_aupro():
     reference = _AUPRO(fpr_limit=0.3)
     reference.update(maps, masks.int())
     value = aupro(maps, masks)
-    assert value == float(reference.compute())
+    assert value == pytest.approx(float(reference.compute()), abs=1e-6)  # quadra_ad.aupro: same value, float32 rounding
     assert 0.5 < value < 1.0
 
 

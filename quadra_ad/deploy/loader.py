@@ -92,16 +92,22 @@ def resolve_device(device: str, graph_format: str) -> str:
     raise ConfigError(f"task.device must be 'cpu' or 'cuda[:N]', got '{device}'")
 
 
-def load_exported_model(model_path: str | Path, device: str = "cpu") -> ExportedModel:
-    """Load ``model_path`` (TorchScript or ONNX, by ending) and the ``model.json`` beside it."""
+def load_exported_model(model_path: str | Path, device: str = "cpu", torchscript_cache: bool = True) -> ExportedModel:
+    """Load ``model_path`` (TorchScript or ONNX, by ending) and the ``model.json`` beside it.
+
+    A TorchScript graph on the CPU is optimised for inference; ``torchscript_cache`` keeps the
+    checked result beside it for the next load (:mod:`quadra_ad.deploy.torchscript_cache`).
+    """
     path, card = locate_exported_model(model_path)
     suffix = path.suffix.lower()
     model_class = OnnxModel if suffix in ONNX_SUFFIXES else OpenVinoModel if suffix in OPENVINO_SUFFIXES else TorchScriptModel
     device = resolve_device(device, model_class.format)
     model = model_class(path, card, device)  # an incomplete or foreign file fails here, with its own line
     _check_card_belongs_to(card, path.parent / MODEL_JSON, path)
-    _check_against_card(model)
     if isinstance(model, TorchScriptModel) and device == "cpu":
-        model.optimize_for_cpu()
+        # Before the card check, so that check runs the graph inference will run (and, with a
+        # cached graph, the plain one is never run); a graph the card does not fit is not optimised.
+        model.optimize_for_cpu(cache=torchscript_cache)
+    _check_against_card(model)
     log.info("Loaded %s model %s (%s, input %s)", model.format, path, card.model_class, card.input_size)
     return model
