@@ -1,17 +1,12 @@
 """``report.html`` in a real headless chromium: from the run folder, and inside ``mlflow ui``'s
 artifact view of the run (the UI fetches it with /get-artifact and shows it in a sandboxed frame)."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.tracking.conftest import free_port
+from tests.mlflow_processes import start_mlflow, stop_mlflow
 
 
 def _watch(page) -> list[str]:
@@ -57,32 +52,12 @@ def test_report_renders_from_the_run_folder_in_chromium(report_run, browser):
 def mlflow_ui(report_run, tmp_path):
     """``mlflow ui`` over the training run's embedded store, as the CLI's hint starts it (one worker, no job runner)."""
     _, workdir = report_run
-    port = free_port()
-    log_path = tmp_path / "ui.log"
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(command, cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)  # its own group: uvicorn is a child process
-    uri = f"http://127.0.0.1:{port}"
+    process, uri = start_mlflow(["ui", "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db"], workdir,
+                                tmp_path / "ui.log")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow ui did not start:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
         yield uri
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_mlflow(process)
 
 
 def test_report_opens_in_the_mlflow_ui_artifact_view(report_run, browser, mlflow_ui):

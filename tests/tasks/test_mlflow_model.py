@@ -123,7 +123,7 @@ def test_no_model_is_logged_when_asked_not_to(segmentation_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_with_the_training_runs_scores(registered, tmp_path):
-    from tests.tracking.conftest import free_port
+    from tests.mlflow_processes import free_port
 
     task, tracking_uri = registered
     port = free_port()

@@ -3,10 +3,6 @@ the batch size the finder chose is the logged param, and a server that dies mid-
 training nor splits the run in two (quadra-ad-upload completes the same run later)."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -14,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from quadra_ad.run import run
 from quadra_ad.upload_cli import main as upload_main
 from tests.tasks.test_trainable_models import stfpm_config
-from tests.tracking.conftest import _wait_until_healthy, free_port
+from tests.mlflow_processes import free_port, start_mlflow, stop_mlflow
 
 PROBE = "+callbacks.live_probe._target_=tests.tracking.live_probe.LiveProbe"
 
@@ -62,15 +58,8 @@ def test_live_logging_off_logs_once_at_the_end(segmentation_dataset, tmp_path):
 
 
 def _start_server(root, port):
-    log_path = root / f"server_{port}.log"
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
-               str(root / "artifacts"), "--workers", "1"]
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(command, cwd=root, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    _wait_until_healthy(uri, process, log_path)
-    return process, uri
+    return start_mlflow(["server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+                         str(root / "artifacts")], root, root / f"server_{port}.log", port=port)
 
 
 @pytest.mark.slow
@@ -106,6 +95,4 @@ def test_a_server_that_dies_mid_training_loses_nothing_and_upload_completes_the_
         assert runs[0].info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(seen["run_id"], "train_loss_epoch")] == [0, 1, 2]
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
+        stop_mlflow(server)
