@@ -32,14 +32,15 @@ from quadra_ad.config.preflight import (
 )
 from quadra_ad.config.quadra_keys import translate_quadra_keys
 from quadra_ad.config.resolvers import register_resolvers
-from quadra_ad.errors import QuadraADError
+from quadra_ad.errors import INTERRUPTED_AT_START, QuadraADError
 from quadra_ad.interrupts import Terminated, install_sigterm_handler, sigterm_received
 from quadra_ad.quiet import quiet_third_party
 from quadra_ad.reports.sweep_report import mark_job_failed
 
 #: Set once the whole command line was checked before Hydra started the run.
 _CHECKED_BEFORE_HYDRA = False
-INTERRUPTED_AT_START = "quadra-ad: interrupted before the run started: nothing was written"
+#: Set once Hydra has composed the config and called the task function.
+_TASK_FUNCTION_STARTED = False
 TERMINATED_AT_START = "quadra-ad: terminated (SIGTERM) before the run started: nothing was written"
 TERMINATED = ("quadra-ad: terminated (SIGTERM): what the run wrote so far stays in its run folder; its MLflow run "
               "is marked KILLED")
@@ -126,6 +127,8 @@ def _record_failed_job(job: str, cfg: DictConfig, task, error: BaseException, mi
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_entry(cfg: DictConfig) -> float | None:
+    global _TASK_FUNCTION_STARTED
+    _TASK_FUNCTION_STARTED = True
     task = None
     try:
         translate_quadra_keys(cfg)  # again: Hydra composed this config itself
@@ -226,7 +229,13 @@ def main() -> None:
     except Terminated:
         print(TERMINATED_AT_START, file=sys.stderr)
         sys.exit(EXIT_TERMINATED)
-    _hydra_entry()
+    try:
+        _hydra_entry()
+    except KeyboardInterrupt:
+        # Landed in Hydra's own composition, before the task function (which handles its own).
+        if not _TASK_FUNCTION_STARTED:
+            _interrupted_at_start()
+        raise
     _exit_for_failed_jobs()
 
 

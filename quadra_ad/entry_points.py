@@ -27,8 +27,17 @@ def _require_training_extra(prog: str) -> None:
 
 def quadra_ad() -> None:
     _require_training_extra("quadra-ad")
-    from quadra_ad.cli import main
+    try:
+        from quadra_ad.cli import main
+    except KeyboardInterrupt:
+        # Ctrl-C while the command itself is still being imported: nothing has run yet.
+        import os
 
+        from quadra_ad.errors import INTERRUPTED_AT_START
+
+        print(INTERRUPTED_AT_START, file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(130)
     main()
 
 

@@ -6,6 +6,10 @@ path at fault and what to do. The CLI prints it without a traceback unless
 """
 
 
+#: What the command prints when Ctrl-C stops it before a run started (exit code 130).
+INTERRUPTED_AT_START = "quadra-ad: interrupted before the run started: nothing was written"
+
+
 class QuadraADError(Exception):
     """A user-fixable problem, described in one line."""
 
