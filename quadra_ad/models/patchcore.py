@@ -12,9 +12,25 @@ function of the training embeddings alone, not of the order in which the sampler
 the rows are put in a fixed order before the seeded draw of the first patch. A DDP run, whose
 sampler deals the images in another order than a 1-process run's, then keeps the same coreset.
 
+Memory: what a fit must hold is the embedding (patches x features x 4 bytes) plus its random
+projection while the coreset is searched. Two things made a CPU fit go well above that, and are
+done differently here, with the same values (``scripts/patchcore_memory.py`` measures it):
+
+- anomalib ``vstack``s the per-batch embeddings while the list still holds them: twice the
+  embedding at once. Here the rows are copied into one buffer a chunk at a time, each chunk
+  released once copied (the buffer's pages become resident only as they are written).
+- Freed heap blocks (activations, copied chunks) stay resident under glibc unless trimmed;
+  they are trimmed after each training step and each copied chunk (:func:`release_freed_memory`).
+- On CPU a training batch of 32 images ran through the backbone at once; its activations (for
+  ResNet-18 at 128 px, ~50 MB, more than the embedding of 80 images at 1.5x) came on top of the
+  stored rows. Training batches go through in slices of ``FORWARD_SLICE`` images instead; the
+  backbone is in eval mode, so every image's features are the same as in a whole batch.
+
 The class keeps anomalib's name so that run tags and model cards still say ``Patchcore``.
 """
 
+import ctypes
+import functools
 import logging
 import time
 from typing import Any
@@ -28,6 +44,8 @@ from quadra_ad.models.coreset import greedy_k_center
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("fast", "anomalib")
+#: Images per backbone pass while collecting the training embedding on CPU (see the module docstring).
+FORWARD_SLICE = 8
 
 
 class Patchcore(AnomalibPatchcore):
@@ -43,6 +61,16 @@ class Patchcore(AnomalibPatchcore):
         super().__init__(*args, **kwargs)
         self.coreset_sampler = coreset_sampler
         self.coreset_seed = coreset_seed
+
+    def training_step(self, batch: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Store the batch's embedding; on CPU a slice of the batch at a time (see the module docstring)."""
+        if self.device.type != "cpu":
+            return super().training_step(batch, *args, **kwargs)
+        for images in batch.image.split(FORWARD_SLICE):
+            self.model(images)
+        release_freed_memory()
+        # anomalib's dummy loss, for Lightning.
+        return torch.tensor(0.0, requires_grad=True, device=self.device)
 
     def fit(self) -> None:
         """Turn the training embeddings into the coreset memory bank."""
@@ -67,15 +95,62 @@ def subsample_memory_bank(model: PatchcoreModel, sampling_ratio: float, seed: in
     """
     if not model.embedding_store:
         raise ValueError("Embedding store is empty. Cannot perform coreset selection.")
-    embedding = torch.vstack(model.embedding_store)
-    model.embedding_store.clear()
+    order = None
     if seed is not None:
-        embedding = embedding.index_select(0, row_order(embedding))
+        order = row_order(model.embedding_store)
+    embedding = stack_releasing(model.embedding_store, order)
     indices = greedy_k_center(embedding, sampling_ratio, seed)
     model.memory_bank = embedding.index_select(0, indices)
 
 
-def row_order(embedding: torch.Tensor) -> torch.Tensor:
-    """Indices that sort the rows of ``embedding`` by their sum: an order set by the rows' values,
-    not by their positions (rows that tie are equal in practice, and then interchangeable)."""
-    return torch.argsort(embedding.float().sum(dim=1), stable=True)
+def stack_releasing(store: list[torch.Tensor], order: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.cat(store)`` (rows taken in ``order`` if given: ``cat(store)[order]``), emptying
+    ``store`` as it goes: each chunk is dropped once copied, so the rows are held about once, not
+    twice. The caller must hold no other reference to the chunks."""
+    rows = sum(len(chunk) for chunk in store)
+    embedding = torch.empty(rows, *store[0].shape[1:], dtype=store[0].dtype, device=store[0].device)
+    # Row i of the concatenation goes to position[i]: i itself, or where ``order`` puts it.
+    position = None if order is None else torch.empty_like(order).index_copy_(
+        0, order, torch.arange(rows, device=order.device))
+    start = 0
+    store.reverse()  # pop() from the end is O(1) and keeps the original order
+    while store:
+        chunk = store.pop()
+        if position is None:
+            embedding[start:start + len(chunk)].copy_(chunk)
+        else:
+            embedding.index_copy_(0, position[start:start + len(chunk)], chunk)
+        start += len(chunk)
+        del chunk
+        release_freed_memory()
+    return embedding
+
+
+def release_freed_memory() -> None:
+    """Give freed heap pages back to the OS (glibc only; elsewhere nothing).
+
+    Blocks under glibc's mmap threshold (up to 32 MB) come from its heap, and when freed in the
+    middle of it (between stored embedding chunks) stay resident: the activations of every
+    backbone pass and the chunks copied into the stacked embedding would otherwise add up to
+    about one more embedding of RSS. ``malloc_trim`` returns those pages (a few ms).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim`` from the running process, or None (musl, macOS, Windows)."""
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):
+        return None
+
+
+def row_order(embedding: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Indices that sort the rows of ``embedding`` (a tensor, or chunks to be concatenated) by
+    their sum: an order set by the rows' values, not by their positions (rows that tie are equal
+    in practice, and then interchangeable)."""
+    chunks = [embedding] if isinstance(embedding, torch.Tensor) else embedding
+    return torch.argsort(torch.cat([chunk.float().sum(dim=1) for chunk in chunks]), stable=True)

@@ -8,7 +8,7 @@ from anomalib.models.components.dimensionality_reduction import SparseRandomProj
 from torch.profiler import ProfilerActivity, profile
 
 from quadra_ad.models.coreset import coreset_size, greedy_k_center, greedy_k_center_indices, project, sample_coreset
-from quadra_ad.models.patchcore import Patchcore, subsample_memory_bank
+from quadra_ad.models.patchcore import FORWARD_SLICE, Patchcore, row_order, stack_releasing, subsample_memory_bank
 from quadra_ad.run import run
 from tests.conftest import training_config
 
@@ -129,6 +129,31 @@ def test_fit_fills_the_memory_bank_and_empties_the_store(sampler):
     model.model.embedding_store.extend([_random(160, 384, seed=i) for i in range(3)])
     model.fit()
     assert model.model.memory_bank.shape == (48, 384) and model.model.embedding_store == []
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_stacking_releases_the_chunks_and_keeps_the_rows(ordered):
+    chunks = [_random(rows, 16, seed=rows) for rows in (40, 7, 25)]
+    expected = torch.cat(chunks)
+    order = row_order(chunks) if ordered else None
+    store = list(chunks)
+    stacked = stack_releasing(store, order)
+    assert store == []
+    assert torch.equal(stacked, expected[order] if ordered else expected)
+    assert torch.equal(row_order(chunks), row_order(expected))
+
+
+def test_training_batch_in_slices_stores_the_rows_of_the_whole_batch():
+    from anomalib.data import ImageBatch
+
+    model = Patchcore(backbone="resnet18", pre_trained=False, pre_processor=False, post_processor=False,
+                      evaluator=False, visualizer=False)
+    images = torch.rand(2 * FORWARD_SLICE + 3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model.training_step(ImageBatch(image=images))
+    assert len(model.model.embedding_store) == 3  # slices of 8, 8 and 3 images
+    with torch.no_grad():
+        whole = model.model(images)
+    assert torch.equal(torch.cat(model.model.embedding_store[:3]), whole)
 
 
 def test_unknown_sampler_is_rejected():
