@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_info import cpu_name  # scripts/machine_info.py
+
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 #: Faint defects: AUROC well below 1, so a worse coreset would show.
 SYNTHETIC_CONTRAST = 0.05
@@ -359,15 +361,7 @@ def _without_paths(report: dict) -> dict:
 def _machine() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+    return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 

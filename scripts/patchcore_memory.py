@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_info import cpu_name  # scripts/machine_info.py
+
 ROOT = Path(__file__).resolve().parents[1]
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 TARGET_RATIO = 1.5
@@ -441,15 +443,7 @@ def _shown(path: Path) -> str:
 def _machine() -> dict:
     from importlib.metadata import version
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+    return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
             "torch": version("torch"), "anomalib": version("anomalib")}
 
 
