@@ -14,6 +14,7 @@ translated here, on the composed config, before any check or instantiation:
   is none. README "Coming from Quadra" has the table.
 """
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -353,6 +354,7 @@ class _Translation:
         self.drop(where)
 
     @staticmethod
+    @functools.cache
     def _our_callbacks() -> set[str]:
         from quadra_ad.config.locations import config_dir
 
@@ -403,18 +405,10 @@ class _Translation:
                     continue
                 value = child._value()
                 if isinstance(value, str) and "${" in value and pattern.search(value):
-                    with open_dict(node) if isinstance(node, DictConfig) else _nothing():
+                    with open_dict(node):
                         node[key] = replace(value)
 
         visit(self.cfg)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def looks_like_quadra(cfg: DictConfig) -> bool:

@@ -76,13 +76,15 @@ class LiveRun:
 
         now_ms = int(time.time() * 1000)
         items = [Metric(k, float(v), now_ms, int(steps[k])) for k, v in metrics.items()]
-        self._send(lambda client: client.log_batch(self.run_id, metrics=items), "metrics") if items else None
+        if items:
+            self._send(lambda client: client.log_batch(self.run_id, metrics=items), "metrics")
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)) for k, v in params.items()]
-        self._send(lambda client: client.log_batch(self.run_id, params=items), "params") if items else None
+        if items:
+            self._send(lambda client: client.log_batch(self.run_id, params=items), "params")
 
     def _send(self, request, what: str) -> None:
         if self.broken is not None:
