@@ -53,6 +53,8 @@ class Task:
         self.tracking_error: str | None = None
         #: The MLflow run opened at the start (None: logged once, at the end).
         self.live_run = None
+        #: What ``mlflow_run.json`` held when the run started (None without an MLflow logger).
+        self._running_record: dict | None = None
 
     def prepare(self) -> None:
         """Build everything the later steps need (data, model, trainer)."""
@@ -166,7 +168,7 @@ class Task:
         from quadra_ad.tracking.run_logger import save_running_record
 
         try:
-            save_running_record(self.config, self.output_dir, self.tracking_tags())
+            self._running_record = save_running_record(self.config, self.output_dir, self.tracking_tags())
         except Exception:  # noqa: BLE001 - a record is a safety net, never a reason to stop
             log.debug("could not save the RUNNING run record", exc_info=True)
 
@@ -174,25 +176,21 @@ class Task:
         """Open the MLflow run now, so that it shows the task while it runs. Never a reason to stop:
         when the store cannot take it, the run is logged at the end as before."""
         mlflow_cfg = (self.config.get("logger") or {}).get("mlflow")
-        if not self.live_tracking or not mlflow_cfg or not mlflow_cfg.get("live", True):
+        record = self._running_record
+        if not self.live_tracking or record is None or not mlflow_cfg.get("live", True):
             return
         from quadra_ad.tracking.live_run import LiveRun
-        from quadra_ad.tracking.run_logger import RUNNING, build_record, save_running_record
+        from quadra_ad.tracking.run_logger import write_running_record
 
-        tags = self.tracking_tags()
         try:
-            live_run = LiveRun.open(build_record(self.config, self.output_dir, {}, [], tags, status=RUNNING),
-                                    self.params_known_later())
+            live_run = LiveRun.open(record, self.params_known_later())
         except Exception as error:  # noqa: BLE001 - the run folder keeps the record either way
             text = str(error).strip()
             log.warning("The MLflow run could not be opened at the start (%s: %s); training goes on and the run is "
                         "logged when it ends", type(error).__name__, text.splitlines()[0] if text else "")
             return
         self.live_run = live_run
-        try:
-            save_running_record(self.config, self.output_dir, tags, live_run.run_id)
-        except Exception:  # noqa: BLE001
-            log.debug("could not note the live run in the run record", exc_info=True)
+        write_running_record({**record, "live_run_id": live_run.run_id}, self.output_dir)
         interval = mlflow_cfg.get("system_metrics_interval_s")
         if interval:
             live_run.start_system_metrics(float(interval))

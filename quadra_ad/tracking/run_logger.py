@@ -104,19 +104,22 @@ def build_record(config: DictConfig, output_dir: Path, metrics: dict[str, float]
     }
 
 
-def save_running_record(config: DictConfig, output_dir: Path, tags: dict[str, str],
-                        live_run_id: str | None = None) -> dict | None:
+def save_running_record(config: DictConfig, output_dir: Path, tags: dict[str, str]) -> dict | None:
     """Write ``mlflow_run.json`` as RUNNING when the run starts, before any other result: a process
     that dies without a word (SIGKILL, power loss) still leaves a record to upload. Best effort;
     returns the record (None without an MLflow logger)."""
-    request = build_record(config, output_dir, {}, [], tags, status=RUNNING, live_run_id=live_run_id)
-    if request is None:
-        return None
+    request = build_record(config, output_dir, {}, [], tags, status=RUNNING)
+    if request is not None:
+        write_running_record(request, output_dir)
+    return request
+
+
+def write_running_record(request: dict, output_dir: Path) -> None:
+    """(Re)write a RUNNING record, e.g. once it names the live run. Best effort."""
     try:
         write_text(Path(output_dir) / REQUEST_FILE, json.dumps(request, indent=2) + "\n")
     except OSError as error:
         log.warning("could not save the run record in %s (%s)", output_dir, error)
-    return request
 
 
 def track_run(
