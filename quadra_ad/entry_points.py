@@ -38,7 +38,12 @@ def quadra_ad() -> None:
         print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.stderr.flush()
         os._exit(130)
-    main()
+    try:
+        main()
+    finally:
+        from quadra_ad.garbage_collection import skip_final_collection
+
+        skip_final_collection()  # the process ends here, normally or through sys.exit
 
 
 def quadra_ad_compare():
