@@ -33,6 +33,7 @@ from quadra_ad.config.preflight import (
 from quadra_ad.config.quadra_keys import translate_quadra_keys
 from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import INTERRUPTED_AT_START, QuadraADError
+from quadra_ad.garbage_collection import freeze_imports
 from quadra_ad.interrupts import Terminated, install_sigterm_handler, sigterm_received
 from quadra_ad.quiet import quiet_third_party
 from quadra_ad.reports.sweep_report import mark_job_failed
@@ -142,6 +143,7 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             check_before_run(cfg)
         from quadra_ad.run import build_task, objective  # deferred: pulls in torch and anomalib
 
+        freeze_imports()
         quiet_third_party(bool(cfg.core.get("verbose", False)))
         task = build_task(cfg)
         task.execute()
@@ -196,6 +198,14 @@ def _is_plain_run(args: list[str]) -> bool:
     return all(not arg.startswith("-") for arg in args)
 
 
+HELP_FLAGS = ("--help", "-h")
+
+
+def _is_help(args: list[str]) -> bool:
+    """``--help`` with overrides only (any other Hydra flag: Hydra's own handling)."""
+    return any(arg in HELP_FLAGS for arg in args) and all(not arg.startswith("-") or arg in HELP_FLAGS for arg in args)
+
+
 def _check_plain_run(args: list[str]) -> None:
     global _CHECKED_BEFORE_HYDRA
     from quadra_ad.startup_checks import check_before_run
@@ -222,6 +232,11 @@ def main() -> None:
         register_resolvers()
         if _is_plain_run(args):
             _check_plain_run(args)
+        elif _is_help(args):
+            from quadra_ad.config.help_text import help_text
+
+            print(help_text([arg for arg in args if arg not in HELP_FLAGS]))
+            return
     except QuadraADError as error:
         _fail(error)
     except KeyboardInterrupt:

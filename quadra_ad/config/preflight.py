@@ -40,7 +40,7 @@ def _is_quadra_alias(path: Path) -> bool:
         return handle.readline().startswith(QUADRA_ALIAS_MARK)
 
 
-def _known_groups() -> set[str]:
+def selectable_groups() -> set[str]:
     """Config groups a user picks from; ``_``-folders hold parts other configs include (``_parts``)."""
     groups = {p.name for p in config_dir().iterdir() if p.is_dir() and p.name != "hydra" and not p.name.startswith("_")}
     groups.add("experiment")
@@ -49,7 +49,7 @@ def _known_groups() -> set[str]:
 
 def check_group_choices(overrides: Sequence[str]) -> None:
     """Raise ConfigError for ``group=name`` where the group has no such option."""
-    groups = _known_groups()
+    groups = selectable_groups()
     for override in overrides:
         if override.startswith("-") or "=" not in override:
             continue
