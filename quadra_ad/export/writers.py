@@ -17,6 +17,7 @@ import torch
 from quadra_ad.deploy.model_card import ONNX_WEIGHTS, VALID_AREA_MASK
 from quadra_ad.deploy.runners import OnnxModel, OpenVinoModel, TorchScriptModel
 from quadra_ad.errors import ConfigError, ExportError
+from quadra_ad.export.background import BackgroundExport
 from quadra_ad.export.graph import INPUT_NAME, OUTPUT_NAMES, AnomalyGraph
 from quadra_ad.files import atomic_path, disk_is_full
 
@@ -61,62 +62,57 @@ def export_onnx(
 
     The exporter implements opset 18 and newer and converts down when asked for less; when that
     conversion fails it keeps 18 without saying so, hence the check of the written opset.
-    Weights over :data:`ONNX_EXTERNAL_DATA_BYTES` go to ``model.onnx.data`` (see :func:`_move_weights_out`).
-    """
-    path = folder / "model.onnx"
-    weights = folder / ONNX_WEIGHTS
-    with atomic_path(path) as temporary:
-        with torch.no_grad(), warnings.catch_warnings(), _at_least_warning(CHATTY_ONNX_LOGGERS):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(temporary),
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},) if dynamic else None,
-                opset_version=opset_version,
-                external_data=False,
-                verbose=False,
-            )
-        written = written_opset(temporary)
-        if opset_version is not None and written != opset_version:  # refused before it takes the file's name
-            raise ExportError(
-                f"export.onnx_opset={opset_version}: the ONNX exporter could not convert this model to that opset "
-                f"(it wrote opset {written}); use export.onnx_opset={written} or leave it null"
-            )
-        if temporary.stat().st_size > ONNX_EXTERNAL_DATA_BYTES:
-            _move_weights_out(temporary, weights)
-        else:
-            weights.unlink(missing_ok=True)  # a previous export's, no longer referenced
-    return path
-
-
-#: ONNX files larger than this keep their weights in ``model.onnx.data`` beside them.
-ONNX_EXTERNAL_DATA_BYTES = 32 * 2**20
-
-
-def _move_weights_out(onnx_file: Path, weights: Path) -> None:
-    """Rewrite ``onnx_file`` with its weights in ``weights`` (external data).
-
-    ONNX Runtime maps an external weights file into memory instead of parsing the weights out of
-    the protobuf and copying them: loading PaDiM at 256 px (177 MB of weights) peaks at 272 MB
-    instead of 395 MB (scripts/runtime_benchmark.py). The weights file takes its name before the
-    graph, so a complete ``model.onnx`` always finds its own.
+    Weights over :data:`ONNX_EXTERNAL_DATA_BYTES` go to ``model.onnx.data``: ONNX Runtime maps an
+    external weights file into memory instead of parsing the weights out of the protobuf and
+    copying them (PaDiM at 256 px, 177 MB of weights, loads at 272 MB peak instead of 395 MB,
+    scripts/runtime_benchmark.py). The file is written once, with its weights where they belong;
+    the weights file takes its name before the graph, so a complete ``model.onnx`` always finds its own.
     """
     import shutil
     import tempfile
 
-    import onnx
+    with torch.no_grad(), warnings.catch_warnings(), _at_least_warning(CHATTY_ONNX_LOGGERS):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            None,  # the program comes back and is saved below, with its weights in the right file
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},) if dynamic else None,
+            opset_version=opset_version,
+            verbose=False,
+        )
+        written = program.model.opset_imports.get("", program.model.opset_imports.get("ai.onnx"))
+        if opset_version is not None and written != opset_version:  # refused before anything is written
+            raise ExportError(
+                f"export.onnx_opset={opset_version}: the ONNX exporter could not convert this model to that opset "
+                f"(it wrote opset {written}); use export.onnx_opset={written} or leave it null"
+            )
+        path, weights = folder / "model.onnx", folder / ONNX_WEIGHTS
+        external = _initializer_bytes(program) > ONNX_EXTERNAL_DATA_BYTES
+        with tempfile.TemporaryDirectory(dir=folder, prefix=ONNX_SCRATCH_PREFIX) as scratch:
+            written_file = Path(scratch) / path.name
+            program.save(written_file, external_data=external)
+            if external:
+                written_weights = Path(scratch) / ONNX_WEIGHTS
+                shutil.copymode(written_file, written_weights)  # the saver makes it owner-only
+                written_weights.replace(weights)
+            else:
+                weights.unlink(missing_ok=True)  # a previous export's, no longer referenced
+            written_file.replace(path)
+    return path
 
-    model = onnx.load(str(onnx_file))
-    with tempfile.TemporaryDirectory(dir=onnx_file.parent, prefix=".onnx-") as scratch:
-        rewritten = Path(scratch) / "model.onnx"
-        onnx.save_model(model, str(rewritten), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=weights.name, size_threshold=1024)
-        shutil.copymode(onnx_file, Path(scratch) / weights.name)  # onnx writes it owner-only
-        (Path(scratch) / weights.name).replace(weights)
-        rewritten.replace(onnx_file)
+
+#: Where an ONNX export is written before its files take their names (a killed writer leaves it).
+ONNX_SCRATCH_PREFIX = ".onnx-"
+#: ONNX files whose weights are larger than this keep them in ``model.onnx.data`` beside them.
+ONNX_EXTERNAL_DATA_BYTES = 32 * 2**20
+
+
+def _initializer_bytes(program) -> int:
+    return sum(value.const_value.nbytes for value in program.model.graph.initializers.values()
+               if value.const_value is not None)
 
 
 def export_openvino(
@@ -175,22 +171,25 @@ def check_export_config(types: list[str], onnx_opset) -> None:
         )
 
 
-def _run_exported(export_type: str, path: Path, images: torch.Tensor) -> torch.Tensor:
-    """Scores of an exported file, run the way inference runs it."""
-    runner = {"torchscript": TorchScriptModel, "onnx": OnnxModel, "openvino": OpenVinoModel}[export_type](path, card=None, device="cpu")
-    return torch.as_tensor(runner.run_graph(images)[0])
-
-
-def _reproduces(graph: AnomalyGraph, export_type: str, path: Path, images: torch.Tensor) -> bool:
-    """True when the exported file gives the eager scores on ``images``."""
-    with torch.no_grad():
-        expected = graph(images)[0]
+def _reproduces(graph: AnomalyGraph, export_type: str, path: Path, batches: list[torch.Tensor]) -> bool:
+    """True when the exported file, loaded once and run the way inference runs it, gives the eager
+    scores on every batch in ``batches``."""
+    runner_type = {"torchscript": TorchScriptModel, "onnx": OnnxModel, "openvino": OpenVinoModel}[export_type]
     try:
-        got = _run_exported(export_type, path, images)
-    except Exception:  # noqa: BLE001 - a graph that cannot run this batch does not reproduce it
+        runner = runner_type(path, card=None, device="cpu")
+    except Exception:  # noqa: BLE001 - a file that cannot be loaded reproduces nothing
         return False
-    scale = max(1.0, float(expected.abs().max()))
-    return got.shape == expected.shape and float((got - expected).abs().max()) <= 1e-3 * scale
+    for images in batches:
+        with torch.no_grad():
+            expected = graph(images)[0]
+        try:
+            got = torch.as_tensor(runner.run_graph(images)[0])
+        except Exception:  # noqa: BLE001 - a graph that cannot run this batch does not reproduce it
+            return False
+        scale = max(1.0, float(expected.abs().max()))
+        if got.shape != expected.shape or float((got - expected).abs().max()) > 1e-3 * scale:
+            return False
+    return True
 
 
 def _write(graph: AnomalyGraph, export_type: str, example: torch.Tensor, folder: Path, onnx_opset: int | None, dynamic: bool) -> Path:
@@ -201,15 +200,25 @@ def _write(graph: AnomalyGraph, export_type: str, example: torch.Tensor, folder:
     return export_torchscript(graph, example, folder)
 
 
+def start_onnx_export(graph: AnomalyGraph, input_size: list[int], folder: Path, onnx_opset: int | None) -> BackgroundExport:
+    """The dynamic-batch ONNX export of ``graph`` as it is now, written by a forked child
+    (:mod:`quadra_ad.export.background`); :func:`export_graph` collects and checks it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return BackgroundExport(lambda: _write(graph, "onnx", torch.zeros(2, 3, *input_size), folder, onnx_opset, dynamic=True))
+
+
 def export_graph(
-    graph: AnomalyGraph, input_size: list[int], folder: Path, types: list[str], onnx_opset: int | None
+    graph: AnomalyGraph, input_size: list[int], folder: Path, types: list[str], onnx_opset: int | None,
+    started: dict[str, BackgroundExport] | None = None,
 ) -> dict[str, tuple[Path, int | None]]:
     """Write every requested type into ``folder``; return ``{type: (path, fixed batch size or None)}``.
 
     Each file is checked against the eager graph on batches of 3 and 1 (not the batch it was
     traced with): some models bake the batch size into their code (``view(len(x), -1)``), which makes a
     traced graph fail or, worse, silently drop images. Those are re-exported at batch size 1 and
-    ``model.json`` records it, so inference feeds them one image at a time.
+    ``model.json`` records it, so inference feeds them one image at a time. A type in ``started``
+    (:func:`start_onnx_export`) is collected from its background writer instead of written here,
+    and checked the same way.
     """
     check_export_config(types, onnx_opset)
     folder.mkdir(parents=True, exist_ok=True)
@@ -220,14 +229,16 @@ def export_graph(
     for export_type in types:
         log.info("Exporting %s to %s", export_type, folder)
         try:
+            pending = (started or {}).get(export_type)
             # Batch 2 so the tracer and exporter do not specialise the batch dimension to 1.
-            path = _write(graph, export_type, torch.zeros(2, 3, *input_size), folder, onnx_opset, dynamic=True)
-            if _reproduces(graph, export_type, path, check) and _reproduces(graph, export_type, path, check[:1]):
+            path = (pending.result() if pending is not None
+                    else _write(graph, export_type, torch.zeros(2, 3, *input_size), folder, onnx_opset, dynamic=True))
+            if _reproduces(graph, export_type, path, [check, check[:1]]):
                 written[export_type] = (path, None)
                 continue
             log.warning("%s export does not handle other batch sizes for this model: exporting at batch size 1", export_type)
             path = _write(graph, export_type, check[:1], folder, onnx_opset, dynamic=False)
-            if not _reproduces(graph, export_type, path, check[:1]):
+            if not _reproduces(graph, export_type, path, [check[:1]]):
                 raise ExportError(f"export to {export_type} gives other scores than the trained model; "
                                   f"remove '{export_type}' from export.types to skip it")
             written[export_type] = (path, 1)

@@ -14,6 +14,7 @@ Python session, whose command line (a pytest session, a notebook) is not the run
 """
 
 import logging
+import shutil
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -29,7 +30,14 @@ from quadra_ad.config.instantiation import instantiate_node
 from quadra_ad.deploy.model_card import ModelCard, file_sha256, weights_file
 from quadra_ad.errors import ConfigError, DatasetError, QuadraADError
 from quadra_ad.export.graph import AnomalyGraph
-from quadra_ad.export.writers import check_export_config, export_graph, write_valid_area_mask
+from quadra_ad.export.background import BackgroundExport, can_fork_exports
+from quadra_ad.export.writers import (
+    ONNX_SCRATCH_PREFIX,
+    check_export_config,
+    export_graph,
+    start_onnx_export,
+    write_valid_area_mask,
+)
 from quadra_ad.metrics import scored_set_metrics
 from quadra_ad.models.factory import build_model
 from quadra_ad.models.trainer_arguments import merge_trainer_arguments
@@ -62,6 +70,7 @@ class AnomalyTrainingTask(Task):
         self.exported: dict[str, tuple[Path, int | None]] = {}
         self.export_errors: list[QuadraADError] = []
         self.report_files: list[Path] = []
+        self.exports_started: dict[str, BackgroundExport] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -149,6 +158,7 @@ class AnomalyTrainingTask(Task):
             # (loading the checkpoint a second time fails on buffers made in inference mode).
             self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
             self.calibration = self.collector.calibration
+        self._start_onnx_export()
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
         if self.datamodule.layout.unknown:
             self.trainer.predict(self.model, dataloaders=self.datamodule.predict_dataloader(), return_predictions=False)
@@ -160,20 +170,40 @@ class AnomalyTrainingTask(Task):
         summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(self.metrics.items()) if "AUROC" in k or k.endswith("F1"))
         log.info("Test metrics: %s", summary)
 
+    def _start_onnx_export(self) -> None:
+        """The weights are final here: the ONNX file is written by a forked copy of this process
+        while the test runs (:mod:`quadra_ad.export.background`); :meth:`export` collects and checks it."""
+        export_cfg = self.config.get("export") or {}
+        if "onnx" in (export_cfg.get("types") or []) and can_fork_exports(self.trainer.world_size):
+            self.exports_started["onnx"] = start_onnx_export(
+                AnomalyGraph(self.model.model), self.datamodule.image_size, self.output_dir / DEPLOYMENT_FOLDER,
+                export_cfg.get("onnx_opset"),
+            )
+
+    def stop_background_work(self) -> None:
+        for started in self.exports_started.values():
+            started.cancel()
+        self.exports_started.clear()
+        for scratch in (self.output_dir / DEPLOYMENT_FOLDER).glob(f"{ONNX_SCRATCH_PREFIX}*"):
+            shutil.rmtree(scratch, ignore_errors=True)  # a writer killed before its files took their names
+
     def export(self) -> None:
         export_cfg = self.config.get("export") or {}
         types = list(export_cfg.get("types") or [])
         folder = self.output_dir / DEPLOYMENT_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         graph = AnomalyGraph(self.model.model)
-        for export_type in types:
+        # Types written in the background last: the others are written while it finishes.
+        for export_type in sorted(types, key=lambda export_type: export_type in self.exports_started):
             try:
                 self.exported.update(
-                    export_graph(graph, self.datamodule.image_size, folder, [export_type], export_cfg.get("onnx_opset"))
+                    export_graph(graph, self.datamodule.image_size, folder, [export_type], export_cfg.get("onnx_opset"),
+                                 started=self.exports_started)
                 )
             except QuadraADError as error:
                 log.error("%s", error)
                 self.export_errors.append(error)
+        self.exported = {export_type: self.exported[export_type] for export_type in types if export_type in self.exported}
         mask_file = write_valid_area_mask(self.datamodule.preparation, folder)
         self._model_card(mask_file).write(folder)
 

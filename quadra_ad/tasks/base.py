@@ -136,7 +136,9 @@ class Task:
         self._save_running_record()
         self._open_live_run()
         try:
-            for step in (self.train, self.test, self.export, self.report):
+            # The report before the export: it needs only the test's results, and runs while a
+            # forked ONNX export (started by the test) is still writing.
+            for step in (self.train, self.test, self.report, self.export):
                 log.debug("Task step: %s", step.__name__)
                 self._timed(step)
         except (KeyboardInterrupt, Terminated) as interrupt:
@@ -161,7 +163,13 @@ class Task:
             if isinstance(error, DiskFullError):
                 raise error
             raise
+        finally:
+            self.stop_background_work()
         self.finalize()
+
+    def stop_background_work(self) -> None:
+        """Stop what a step left running beside the task (a forked export) once the steps are over,
+        finished or not; nothing by default."""
 
     def _save_running_record(self) -> None:
         """The run record, as RUNNING, before any result: a run killed without a word can still be uploaded."""
