@@ -30,8 +30,9 @@ than 0, so an index is never chosen twice, even among duplicate patches.
 """
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -52,15 +53,23 @@ def coreset_size(n_rows: int, sampling_ratio: float) -> int:
     return max(1, int(n_rows * sampling_ratio))
 
 
+def projection_matrix(n_rows: int, n_features: int, eps: float = DEFAULT_EPS,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """anomalib's sparse random projection matrix (``k x n_features``, float32) for ``n_rows`` rows,
+    drawn exactly as anomalib's ``KCenterGreedy`` draws it (torch's and numpy's global generators).
+    Only the embedding's shape decides it, so the embedding itself need not be at hand."""
+    shape_only = torch.empty(1, 1, device=device).expand(n_rows, n_features)
+    return SparseRandomProjection(eps=eps).fit(shape_only).sparse_random_matrix.to(torch.float32)
+
+
 @torch.no_grad()
 def project(embedding: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """``embedding`` (``n x d``) through anomalib's sparse random projection, as float32 ``n x k``.
 
-    The matrix is drawn exactly as anomalib's ``KCenterGreedy`` draws it (torch's and numpy's
-    global generators). The result is a view of column-major storage, the layout
-    :func:`greedy_k_center_indices` is fastest on.
+    The result is a view of column-major storage, the layout :func:`greedy_k_center_indices` is
+    fastest on.
     """
-    matrix = SparseRandomProjection(eps=eps).fit(embedding).sparse_random_matrix.to(torch.float32)
+    matrix = projection_matrix(*embedding.shape, eps, embedding.device)
     columns = torch.empty(matrix.shape[0], embedding.shape[0], dtype=torch.float32, device=embedding.device)
     # In chunks so that half-precision features are never copied to float32 all at once.
     for start in range(0, embedding.shape[0], PROJECTION_CHUNK):
@@ -178,3 +187,82 @@ def greedy_k_center(embedding: torch.Tensor, sampling_ratio: float, seed: int | 
 def sample_coreset(embedding: torch.Tensor, sampling_ratio: float, seed: int | None = None) -> torch.Tensor:
     """The coreset itself: the rows of the original ``embedding`` :func:`greedy_k_center` picks."""
     return embedding.index_select(0, greedy_k_center(embedding, sampling_ratio, seed))
+
+
+#: Bytes of the spilled embedding read back at a time when the coreset rows are gathered.
+READ_BACK_BYTES = 16 * 2**20
+
+
+@torch.no_grad()
+def sample_coreset_spilling(chunks: list[torch.Tensor], sampling_ratio: float, spill: BinaryIO,
+                            seed: int | None = None, order: torch.Tensor | None = None,
+                            eps: float = DEFAULT_EPS, after_each_chunk: Callable[[], None] = lambda: None) -> torch.Tensor:
+    """:func:`sample_coreset` of ``torch.cat(chunks)[order]`` (``order`` None: as concatenated),
+    without the embedding in memory while the coreset is searched.
+
+    The search needs only the embedding's random projection (for a 384-feature ResNet-18
+    embedding, 245-314 projected features; holding both made a fit 1.6-1.8x the embedding).
+    Each chunk is projected, written to ``spill`` (a file, in arrival order) and dropped from
+    ``chunks`` before the next, so the projection fills up as the embedding empties; the coreset
+    rows are read back from the file at the end. The draws are :func:`greedy_k_center`'s, in its
+    order, and each row is projected by the same product, so the coreset is the same.
+    ``chunks`` is emptied; the caller must hold no other reference to them.
+    """
+    n_rows, n_features = sum(len(chunk) for chunk in chunks), chunks[0].shape[1]
+    dtype, device = chunks[0].dtype, chunks[0].device
+    k = coreset_size(n_rows, sampling_ratio)
+    with _seeded(seed):
+        matrix = projection_matrix(n_rows, n_features, eps, device)
+        start = torch.randint(high=n_rows, size=(1,), device=device)
+    # Row i of the concatenation is row position[i] of the ordered embedding.
+    position = None if order is None else torch.empty_like(order).index_copy_(0, order, torch.arange(n_rows))
+    columns = torch.empty(matrix.shape[0], n_rows, dtype=torch.float32, device=device)
+    first = 0
+    chunks.reverse()  # pop() from the end keeps the original order
+    while chunks:
+        chunk = chunks.pop()
+        rows = slice(first, first + len(chunk))
+        for part in range(0, len(chunk), PROJECTION_CHUNK):
+            piece = chunk[part:part + PROJECTION_CHUNK]
+            projected = torch.matmul(matrix, piece.to(torch.float32).T)
+            targets = range(rows.start + part, rows.start + part + len(piece))
+            if position is None:
+                columns[:, targets.start:targets.stop].copy_(projected)
+            else:
+                columns.index_copy_(1, position[targets.start:targets.stop], projected)
+            del projected
+        spill.write(chunk.contiguous().numpy().tobytes())
+        first = rows.stop
+        del chunk, piece
+        after_each_chunk()
+    spill.flush()
+    indices = greedy_k_center_indices(columns.T, k, start)
+    del columns
+    after_each_chunk()
+    file_rows = indices if order is None else order[indices]
+    return _read_rows(spill, file_rows, n_features, dtype)
+
+
+def _read_rows(spill: BinaryIO, rows: torch.Tensor, n_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """Rows ``rows`` (in that order) of the ``n x n_features`` array written to ``spill``, read
+    back in one sequential pass of plain reads (no memory map, whose pages would count as the
+    process's own)."""
+    wanted = rows.cpu().numpy()
+    by_row = np.argsort(wanted, kind="stable")
+    sorted_rows = wanted[by_row]
+    out = torch.empty(len(wanted), n_features, dtype=dtype)
+    out_array = out.numpy()
+    row_bytes = n_features * out.element_size()
+    block_rows = max(1, READ_BACK_BYTES // row_bytes)
+    buffer = torch.empty(block_rows, n_features, dtype=dtype).numpy()
+    done = 0
+    while done < len(sorted_rows):
+        block_start = int(sorted_rows[done])
+        spill.seek(block_start * row_bytes)
+        got = spill.readinto(memoryview(buffer).cast("B")) // row_bytes
+        end = int(np.searchsorted(sorted_rows, block_start + got, side="left"))
+        if got == 0 or end == done:
+            raise OSError(f"the spilled PatchCore embedding ended early (row {block_start})")
+        out_array[by_row[done:end]] = buffer[sorted_rows[done:end] - block_start]
+        done = end
+    return out.to(rows.device)

@@ -12,9 +12,13 @@ function of the training embeddings alone, not of the order in which the sampler
 the rows are put in a fixed order before the seeded draw of the first patch. A DDP run, whose
 sampler deals the images in another order than a 1-process run's, then keeps the same coreset.
 
-Memory: what a fit must hold is the embedding (patches x features x 4 bytes) plus its random
-projection while the coreset is searched. Two things made a CPU fit go well above that, and are
-done differently here, with the same values (``scripts/patchcore_memory.py`` measures it):
+Memory: what a fit must hold is the embedding (patches x features x 4 bytes) once training ends,
+and the embedding's random projection while the coreset is searched. On CPU the embedding waits
+on the run folder's disk during the search (an unnamed file, gone with the process) and only the
+coreset rows are read back, so the search holds the projection instead of both (for ResNet-18's
+384 features the projection keeps 245-314: holding both was 1.6-1.8x the embedding). These also
+made a CPU fit go well above the embedding, and are done differently here, with the same values
+(``scripts/patchcore_memory.py`` measures it):
 
 - anomalib ``vstack``s the per-batch embeddings while the list still holds them: twice the
   embedding at once. Here the rows are copied into one buffer a chunk at a time, each chunk
@@ -32,14 +36,16 @@ The class keeps anomalib's name so that run tags and model cards still say ``Pat
 import ctypes
 import functools
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from anomalib.models import Patchcore as AnomalibPatchcore
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-from quadra_ad.models.coreset import greedy_k_center
+from quadra_ad.models.coreset import greedy_k_center, sample_coreset_spilling
 
 log = logging.getLogger(__name__)
 
@@ -79,25 +85,46 @@ class Patchcore(AnomalibPatchcore):
         if self.coreset_sampler == "anomalib":
             super().fit()
         else:
-            subsample_memory_bank(self.model, self.coreset_sampling_ratio, self.coreset_seed)
+            subsample_memory_bank(self.model, self.coreset_sampling_ratio, self.coreset_seed, self._spill_dir())
         # scripts/benchmark.py reads this line from the run's log.
         log.info("PatchCore coreset (%s sampler): %d of %d patches in %.2f s", self.coreset_sampler,
                  len(self.model.memory_bank), patches, time.perf_counter() - started)
 
 
+    def _spill_dir(self) -> Path | None:
+        """Where the embedding waits while the coreset is searched: the run folder's disk (not the
+        temporary folder, which may itself be memory). None on an accelerator, or without a trainer."""
+        if self.device.type != "cpu" or self._trainer is None:
+            return None
+        return Path(self.trainer.default_root_dir)
+
+
+#: Embedding dtypes that can wait on disk (through NumPy) while the coreset is searched.
+SPILLABLE = (torch.float32, torch.float16, torch.float64)
+
+
 @torch.no_grad()
-def subsample_memory_bank(model: PatchcoreModel, sampling_ratio: float, seed: int | None = None) -> None:
+def subsample_memory_bank(model: PatchcoreModel, sampling_ratio: float, seed: int | None = None,
+                          spill_dir: Path | None = None) -> None:
     """``model.memory_bank`` becomes the coreset of ``model.embedding_store``, which is emptied.
 
-    The stacked embedding lives only in this function, so once the coreset is copied out it is
-    freed, as with anomalib's ``subsample_embedding``. With a ``seed`` the rows are first put in
-    an order of their own (see the module docstring).
+    With ``spill_dir`` the embedding waits in an unnamed file there while the coreset is searched
+    on its projection (:func:`~quadra_ad.models.coreset.sample_coreset_spilling`); the file is
+    gone when the process ends, however it ends. Otherwise the stacked embedding lives only in
+    this function, so once the coreset is copied out it is freed, as with anomalib's
+    ``subsample_embedding``. With a ``seed`` the rows are first put in an order of their own
+    (see the module docstring); the coreset is the same either way.
     """
     if not model.embedding_store:
         raise ValueError("Embedding store is empty. Cannot perform coreset selection.")
     order = None
     if seed is not None:
         order = row_order(model.embedding_store)
+    if spill_dir is not None and model.embedding_store[0].dtype in SPILLABLE:
+        with tempfile.TemporaryFile(dir=spill_dir, prefix=".patchcore-embedding-") as spill:
+            model.memory_bank = sample_coreset_spilling(model.embedding_store, sampling_ratio, spill, seed, order,
+                                                        after_each_chunk=release_freed_memory)
+        return
     embedding = stack_releasing(model.embedding_store, order)
     indices = greedy_k_center(embedding, sampling_ratio, seed)
     model.memory_bank = embedding.index_select(0, indices)

@@ -1,13 +1,23 @@
 """The flat-memory greedy k-center sampler and the PatchCore model that uses it."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from anomalib.models.components import KCenterGreedy
 from anomalib.models.components.dimensionality_reduction import SparseRandomProjection
+from lightning.pytorch import Trainer
 from torch.profiler import ProfilerActivity, profile
 
-from quadra_ad.models.coreset import coreset_size, greedy_k_center, greedy_k_center_indices, project, sample_coreset
+from quadra_ad.models.coreset import (
+    coreset_size,
+    greedy_k_center,
+    greedy_k_center_indices,
+    project,
+    sample_coreset,
+    sample_coreset_spilling,
+)
 from quadra_ad.models.patchcore import FORWARD_SLICE, Patchcore, row_order, stack_releasing, subsample_memory_bank
 from quadra_ad.run import run
 from tests.conftest import training_config
@@ -141,6 +151,52 @@ def test_stacking_releases_the_chunks_and_keeps_the_rows(ordered):
     assert store == []
     assert torch.equal(stacked, expected[order] if ordered else expected)
     assert torch.equal(row_order(chunks), row_order(expected))
+
+
+@pytest.mark.parametrize(("ordered", "seed"), [(False, None), (False, 4), (True, 4)])
+def test_the_embedding_waiting_on_disk_gives_the_same_coreset(tmp_path, ordered, seed, monkeypatch):
+    import quadra_ad.models.coreset as coreset
+
+    monkeypatch.setattr(coreset, "READ_BACK_BYTES", 3000)  # several read-back blocks, one row not a divisor
+    chunks = [_random(rows, 40, seed=rows) for rows in (300, 57, 410, 1)]
+    order = row_order(chunks) if ordered else None
+    torch.manual_seed(5), np.random.seed(5)
+    expected = sample_coreset(stack_releasing(list(chunks), order), 0.1, seed)
+    torch.manual_seed(5), np.random.seed(5)
+    store = list(chunks)
+    with (tmp_path / "spill").open("w+b") as spill:
+        got = sample_coreset_spilling(store, 0.1, spill, seed, order)
+    assert store == [] and torch.equal(got, expected)
+    assert (tmp_path / "spill").stat().st_size == 768 * 40 * 4  # the whole embedding, as float32 rows
+
+
+def test_a_spilled_embedding_cut_short_is_an_error(tmp_path):
+    chunks = [_random(200, 8, seed=1)]
+    with (tmp_path / "spill").open("w+b") as spill:
+        original_flush = spill.flush
+        spill.flush = lambda: (original_flush(), spill.truncate(10 * 8 * 4))  # the disk lost the tail
+        with pytest.raises(OSError, match="ended early"):
+            sample_coreset_spilling(chunks, 0.5, spill)
+
+
+def test_a_cpu_fit_in_a_trainer_spills_to_the_run_folder_and_leaves_nothing(tmp_path, monkeypatch):
+    import quadra_ad.models.patchcore as patchcore
+
+    spilled_in = []
+    original = patchcore.sample_coreset_spilling
+
+    def recording(store, ratio, spill, *args, **kwargs):
+        spilled_in.append(os.path.dirname(os.path.realpath(f"/proc/self/fd/{spill.fileno()}")))
+        return original(store, ratio, spill, *args, **kwargs)
+
+    monkeypatch.setattr(patchcore, "sample_coreset_spilling", recording)
+    model = Patchcore(backbone="resnet18", pre_trained=False, coreset_sampling_ratio=0.1, pre_processor=False,
+                      post_processor=False, evaluator=False, visualizer=False)
+    model.trainer = Trainer(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False)
+    model.model.embedding_store.extend([_random(160, 384, seed=i) for i in range(3)])
+    model.fit()
+    assert model.model.memory_bank.shape == (48, 384) and model.model.embedding_store == []
+    assert spilled_in == [str(tmp_path.resolve())] and list(tmp_path.iterdir()) == []  # an unnamed file
 
 
 def test_training_batch_in_slices_stores_the_rows_of_the_whole_batch():
