@@ -4,13 +4,14 @@ The ONNX exporter traces the model in Python, on one core, for 3-4 s of a short 
 that comes before it needs the same trained model but not the file. A forked child holds that
 model as it was at the fork (copy-on-write: nothing is copied up front), writes the file and sends
 back its path, or the error it met; the parent collects it when the export step comes, then checks
-the file against the model as it checks any export. On 2 cores a PaDiM run ends ~1 s sooner
-(``scripts/benchmark.py``).
+the file against the model as it checks any export. While the child runs, this process's torch
+threads leave it a core. On 2 cores a PaDiM run ends ~2 s sooner (``scripts/benchmark.py``).
 
-Only where forking is safe: Linux, one process (no DDP), CUDA never initialised (a forked child
-cannot use it). The child runs torch on one thread: GNU OpenMP's thread pool does not survive a
-fork, as in DataLoader workers. It dies of Ctrl-C and SIGTERM quietly, with the default handlers;
-the parent kills and reaps it when a step fails or is interrupted.
+Only where forking is safe and pays: Linux, one process (no DDP), CUDA never initialised (a
+forked child cannot use it), more than one core. The child runs torch on one thread: GNU
+OpenMP's thread pool does not survive a fork (DataLoader workers do the same). It dies of Ctrl-C
+and SIGTERM quietly, with the default handlers; the parent kills and reaps it when a step fails
+or is interrupted.
 """
 
 import os
@@ -25,7 +26,9 @@ import torch
 
 
 def can_fork_exports(world_size: int) -> bool:
-    return sys.platform.startswith("linux") and world_size == 1 and not torch.cuda.is_initialized()
+    """Linux, one process, CUDA untouched, and a second core for the child to run on."""
+    return (sys.platform.startswith("linux") and world_size == 1 and not torch.cuda.is_initialized()
+            and len(os.sched_getaffinity(0)) > 1)
 
 
 class BackgroundExport:

@@ -135,5 +135,8 @@ def test_ctrl_c_while_the_child_exports_kills_it_and_removes_its_scratch(segment
     assert torch.get_num_threads() == threads
 
 
-def test_no_fork_where_it_is_not_safe():
+def test_no_fork_where_it_is_not_safe_or_does_not_pay(monkeypatch):
     assert can_fork_exports(world_size=2) is False  # DDP: the other processes wait on this one
+    # One core (a container limited to it): nothing to overlap on. Stands in for such a machine.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert can_fork_exports(world_size=1) is False
