@@ -12,17 +12,32 @@ forked child cannot use it), more than one core. The child runs torch on one thr
 OpenMP's thread pool does not survive a fork (DataLoader workers do the same). It dies of Ctrl-C
 and SIGTERM quietly, with the default handlers; the parent kills and reaps it when a step fails
 or is interrupted.
+
+A fork copies only the thread that forks: a lock another thread held at that moment stays held
+in the child forever (seen once in a long test session, never in a command's run). A child that
+uses no CPU for :data:`STALL_SECONDS` while the parent waits for it is such a child: it is
+killed, and :class:`ExportStalled` tells the caller to export in-process instead.
 """
 
 import os
 import pickle
+import select
 import signal
 import sys
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
 import torch
+
+
+#: Seconds without CPU use after which a child being waited for counts as stuck.
+STALL_SECONDS = 10.0
+
+
+class ExportStalled(RuntimeError):
+    """The forked exporter stopped making progress; it has been killed."""
 
 
 def can_fork_exports(world_size: int) -> bool:
@@ -49,6 +64,7 @@ class BackgroundExport:
 
     def result(self) -> Path:
         try:
+            self._wait_while_it_works()
             payload = self._pipe.read()  # until the child closes its end: it has written, or died
             ended = self._reap(wait=True)
         finally:
@@ -59,6 +75,16 @@ class BackgroundExport:
         if outcome == "error":
             raise value
         return Path(value)
+
+    def _wait_while_it_works(self) -> None:
+        """Until the child sends its outcome (or dies); :class:`ExportStalled` when it stops using CPU."""
+        used, still_since = None, time.monotonic()
+        while not select.select([self._pipe], [], [], 1.0)[0]:
+            now_used = _cpu_ticks(self._pid)
+            if now_used != used:
+                used, still_since = now_used, time.monotonic()
+            elif time.monotonic() - still_since > STALL_SECONDS:
+                raise ExportStalled(f"the forked exporter used no CPU for {STALL_SECONDS:.0f} s")
 
     def cancel(self) -> None:
         """Stop the child if it still runs, and reap it; safe to call more than once."""
@@ -80,6 +106,15 @@ class BackgroundExport:
             return None
         self._pid = None
         return _describe(status)
+
+
+def _cpu_ticks(pid: int | None) -> int | None:
+    """CPU time a process has used (user + system, in clock ticks), or None when it cannot be read."""
+    try:
+        fields = open(f"/proc/{pid}/stat", encoding="ascii").read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])
 
 
 def _describe(status: int) -> str:

@@ -17,7 +17,7 @@ import torch
 from quadra_ad.deploy.model_card import ONNX_WEIGHTS, VALID_AREA_MASK
 from quadra_ad.deploy.runners import OnnxModel, OpenVinoModel, TorchScriptModel
 from quadra_ad.errors import ConfigError, ExportError
-from quadra_ad.export.background import BackgroundExport
+from quadra_ad.export.background import BackgroundExport, ExportStalled
 from quadra_ad.export.graph import INPUT_NAME, OUTPUT_NAMES, AnomalyGraph
 from quadra_ad.files import atomic_path, disk_is_full
 
@@ -207,6 +207,18 @@ def start_onnx_export(graph: AnomalyGraph, input_size: list[int], folder: Path, 
     return BackgroundExport(lambda: _write(graph, "onnx", torch.zeros(2, 3, *input_size), folder, onnx_opset, dynamic=True))
 
 
+def _collect(started: dict[str, BackgroundExport] | None, export_type: str) -> Path | None:
+    """The file a background writer wrote for ``export_type``; None when there is none or it got stuck."""
+    pending = (started or {}).get(export_type)
+    if pending is None:
+        return None
+    try:
+        return pending.result()
+    except ExportStalled as stall:
+        log.warning("%s; exporting %s in this process instead", stall, export_type)
+        return None
+
+
 def export_graph(
     graph: AnomalyGraph, input_size: list[int], folder: Path, types: list[str], onnx_opset: int | None,
     started: dict[str, BackgroundExport] | None = None,
@@ -229,10 +241,10 @@ def export_graph(
     for export_type in types:
         log.info("Exporting %s to %s", export_type, folder)
         try:
-            pending = (started or {}).get(export_type)
             # Batch 2 so the tracer and exporter do not specialise the batch dimension to 1.
-            path = (pending.result() if pending is not None
-                    else _write(graph, export_type, torch.zeros(2, 3, *input_size), folder, onnx_opset, dynamic=True))
+            path = _collect(started, export_type)
+            if path is None:
+                path = _write(graph, export_type, torch.zeros(2, 3, *input_size), folder, onnx_opset, dynamic=True)
             if _reproduces(graph, export_type, path, [check, check[:1]]):
                 written[export_type] = (path, None)
                 continue

@@ -12,7 +12,8 @@ import torch
 
 from quadra_ad.errors import ExportError
 from quadra_ad.export import writers
-from quadra_ad.export.background import BackgroundExport, can_fork_exports
+from quadra_ad.export import background
+from quadra_ad.export.background import BackgroundExport, ExportStalled, can_fork_exports
 from quadra_ad.run import run
 from quadra_ad.tasks.anomaly_training import AnomalyTrainingTask
 from tests.conftest import training_config
@@ -86,6 +87,20 @@ def test_cancel_kills_and_reaps_a_child_still_writing():
     assert time.monotonic() - began < 10 and _reaped(pid)
 
 
+def test_a_child_stuck_without_using_cpu_is_killed_and_said_so(monkeypatch):
+    monkeypatch.setattr(background, "STALL_SECONDS", 1.5)
+
+    def write():
+        time.sleep(120)  # as a child blocked on a lock held at the fork would
+
+    started = BackgroundExport(write)
+    pid = started._pid
+    began = time.monotonic()
+    with pytest.raises(ExportStalled, match="used no CPU for 2 s"):
+        started.result()
+    assert time.monotonic() - began < 30 and _reaped(pid)
+
+
 def _record_writer_pid(monkeypatch, tmp_path, then=None):
     """export_onnx as the child inherits it: notes the writing process, then exports (or ``then``)."""
     original = writers.export_onnx
@@ -133,6 +148,27 @@ def test_ctrl_c_while_the_child_exports_kills_it_and_removes_its_scratch(segment
     assert _reaped(int(writer.name.split("-")[1]))
     assert not list((tmp_path / "run" / "deployment_model").glob(f"{writers.ONNX_SCRATCH_PREFIX}*"))
     assert torch.get_num_threads() == threads
+
+
+def test_a_stuck_forked_export_is_done_in_the_training_process_instead(segmentation_dataset, tmp_path, monkeypatch,
+                                                                      caplog):
+    monkeypatch.setattr(background, "STALL_SECONDS", 1.5)
+    parent = os.getpid()
+    original = writers.export_onnx
+
+    def stuck_in_the_child(*args, **kwargs):
+        if os.getpid() != parent:
+            time.sleep(120)
+        return original(*args, **kwargs)
+
+    _record_writer_pid(monkeypatch, tmp_path, then=stuck_in_the_child)
+    cfg = training_config("base/anomaly/padim", segmentation_dataset, None, "export.types=[onnx]")
+    task = run(cfg, output_dir=tmp_path / "run")
+    writers_seen = {int(path.name.split("-")[1]) for path in tmp_path.glob("writer-*")}
+    assert parent in writers_seen and len(writers_seen) == 2  # the child tried, this process wrote it
+    assert task.exported["onnx"] == (tmp_path / "run" / "deployment_model" / "model.onnx", None)
+    assert "the forked exporter used no CPU for 2 s; exporting onnx in this process instead" in caplog.text
+    assert all(_reaped(pid) for pid in writers_seen - {parent})
 
 
 def test_no_fork_where_it_is_not_safe_or_does_not_pay(monkeypatch):
