@@ -125,3 +125,20 @@ def install_sigterm_handler() -> None:
     # handler: when the main thread is writing to the same stream, or forking, that write fails and
     # logging prints a traceback of its own. The one line the CLI prints says the same thing.
     logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
+
+
+def release_logging_lock_left_by_interrupt() -> None:
+    """Release the logging module's lock if this thread still holds it.
+
+    Ctrl-C and SIGTERM raise in the main thread between any two bytecodes, also between
+    ``logging``'s taking its module lock and the ``try`` that releases it. The main thread can
+    take that lock again (it is reentrant), so nothing shows until another thread logs and
+    waits on it forever (MLflow's system-metrics thread did). Called where an interrupt is
+    handled, outside any logging call: holding the lock there can only be such a leftover.
+    """
+    import logging
+
+    lock = getattr(logging, "_lock", None)
+    owned = getattr(lock, "_is_owned", None)
+    while owned is not None and owned():
+        lock.release()

@@ -18,6 +18,7 @@ from quadra_ad.errors import DiskFullError
 from quadra_ad.files import disk_is_full, write_text
 from quadra_ad.interrupts import (
     Terminated,
+    release_logging_lock_left_by_interrupt,
     sigterm_pending,
     sigterm_received,
     signals_deferred,
@@ -234,6 +235,7 @@ class Task:
         """Log a run that did not finish. Ctrl-C and SIGTERM wait until it is logged, and a SIGTERM
         already on its way makes it KILLED: the error being handled may be its first symptom (a
         DataLoader worker it killed)."""
+        release_logging_lock_left_by_interrupt()
         with signals_deferred():
             if sigterm_received() or sigterm_pending():
                 status, error = "KILLED", Terminated("terminated by SIGTERM")

@@ -120,10 +120,24 @@ class LiveRun:
             self._monitor = None
             log.warning("no system metrics for this run (%s: %s)", type(error).__name__, error)
 
-    def stop_system_metrics(self) -> None:
+    def stop_system_metrics(self, wait_s: float = 10.0) -> None:
+        """Stop the monitor, waiting at most ``wait_s`` for its thread.
+
+        MLflow's ``finish()`` joins that thread without a limit. A Ctrl-C or SIGTERM that lands
+        inside the logging module's critical section leaves its lock held by the main thread, and
+        the monitor's thread, logging through SQLAlchemy, then waits on it forever: the run would
+        never end. The thread is a daemon, so a stuck one is left behind.
+        """
         monitor, self._monitor = self._monitor, None
         if monitor is None:
             return
+        thread, shutdown = getattr(monitor, "_process", None), getattr(monitor, "_shutdown_event", None)
+        if thread is not None and shutdown is not None:
+            shutdown.set()
+            thread.join(wait_s)
+            if thread.is_alive():
+                log.debug("system metrics monitor did not stop within %.0f s; left behind", wait_s)
+                return
         try:
             monitor.finish()
         except Exception:  # noqa: BLE001

@@ -234,3 +234,39 @@ def test_a_dataloader_worker_killed_by_sigterm_counts_as_the_sigterm(monkeypatch
         assert interrupts.sigterm_received()
     finally:
         signal.signal(signal.SIGCHLD, previous_sigchld)
+
+
+def test_a_logging_lock_left_by_an_interrupt_is_released_and_other_threads_log_again():
+    import logging
+    import threading
+
+    from quadra_ad.interrupts import release_logging_lock_left_by_interrupt
+
+    logging._acquireLock()  # what a Ctrl-C between logging's lock and its ``try`` leaves behind
+    logged = threading.Event()
+    other = threading.Thread(target=lambda: (logging.getLogger("probe").isEnabledFor(10), logged.set()), daemon=True)
+    logging.getLogger("probe").manager._clear_cache()
+    other.start()
+    assert not logged.wait(0.5)  # the other thread waits on the leftover lock
+    release_logging_lock_left_by_interrupt()
+    assert logged.wait(5)
+
+
+def test_stopping_system_metrics_does_not_wait_for_a_stuck_monitor_thread(tmp_path):
+    import threading
+
+    from quadra_ad.tracking.live_run import LiveRun
+
+    class StuckMonitor:  # stands in for MLflow's monitor with its thread stuck on a lock (as seen under SIGTERM)
+        _shutdown_event = threading.Event()
+        _process = threading.Thread(target=threading.Event().wait, daemon=True)
+
+        def finish(self):
+            raise AssertionError("finish() joins without a limit and must not be reached")
+
+    StuckMonitor._process.start()
+    live = LiveRun.__new__(LiveRun)
+    live._monitor = StuckMonitor()
+    began = time.monotonic()
+    live.stop_system_metrics(wait_s=0.5)
+    assert time.monotonic() - began < 5 and live._monitor is None
