@@ -21,13 +21,9 @@ def config_groups_text() -> str:
 
 
 def help_text(overrides: Sequence[str]) -> str:
+    # Under ``hydra`` as Hydra places it, so the template's ${hydra.help.header/footer} resolve.
     hydra_node = OmegaConf.create({"hydra": OmegaConf.load(config_dir() / "hydra" / "default.yaml")})
-    help_node = hydra_node.hydra.help
-    # Only the header/footer interpolations; the rest of Hydra's node needs a running job.
-    template = string.Template(
-        help_node.template.replace("${hydra.help.header}", help_node.header)
-        .replace("${hydra.help.footer}", help_node.footer)
-    )
+    template = string.Template(hydra_node.hydra.help.template)
     return template.safe_substitute(
         APP_CONFIG_GROUPS=config_groups_text(),
         CONFIG=OmegaConf.to_yaml(compose_checked(overrides)),

@@ -135,14 +135,6 @@ def export_openvino(
     return path
 
 
-def written_opset(path: Path) -> int:
-    """The default-domain opset an ONNX file declares."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
-
-
 EXPORT_TYPES = ("torchscript", "onnx", "openvino")
 #: The oldest opset the ONNX Runtime versions we support still run.
 MIN_ONNX_OPSET = 7

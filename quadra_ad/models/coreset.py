@@ -71,11 +71,27 @@ def project(embedding: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """
     matrix = projection_matrix(*embedding.shape, eps, embedding.device)
     columns = torch.empty(matrix.shape[0], embedding.shape[0], dtype=torch.float32, device=embedding.device)
-    # In chunks so that half-precision features are never copied to float32 all at once.
-    for start in range(0, embedding.shape[0], PROJECTION_CHUNK):
-        chunk = embedding[start:start + PROJECTION_CHUNK].to(torch.float32)
-        torch.matmul(matrix, chunk.T, out=columns[:, start:start + PROJECTION_CHUNK])
+    _project_into(columns, matrix, embedding, 0)
     return columns.T
+
+
+def _project_into(columns: torch.Tensor, matrix: torch.Tensor, rows: torch.Tensor, first: int,
+                  position: torch.Tensor | None = None) -> None:
+    """Column ``first + i`` of ``columns`` (column ``position[first + i]`` when given) becomes
+    ``matrix @ rows[i]``. In pieces, so that half-precision rows are never copied to float32 all
+    at once."""
+    for part in range(0, len(rows), PROJECTION_CHUNK):
+        piece = rows[part:part + PROJECTION_CHUNK].to(torch.float32)
+        at = first + part
+        if position is None:
+            torch.matmul(matrix, piece.T, out=columns[:, at:at + len(piece)])
+        else:
+            columns.index_copy_(1, position[at:at + len(piece)], torch.matmul(matrix, piece.T))
+
+
+def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
+    """``position`` with ``position[order[j]] == j``: where row ``i`` of the unordered rows goes."""
+    return torch.empty_like(order).index_copy_(0, order, torch.arange(len(order), device=order.device))
 
 
 def _column_major(features: torch.Tensor) -> torch.Tensor:
@@ -215,25 +231,16 @@ def sample_coreset_spilling(chunks: list[torch.Tensor], sampling_ratio: float, s
         matrix = projection_matrix(n_rows, n_features, eps, device)
         start = torch.randint(high=n_rows, size=(1,), device=device)
     # Row i of the concatenation is row position[i] of the ordered embedding.
-    position = None if order is None else torch.empty_like(order).index_copy_(0, order, torch.arange(n_rows))
+    position = None if order is None else inverse_permutation(order)
     columns = torch.empty(matrix.shape[0], n_rows, dtype=torch.float32, device=device)
     first = 0
     chunks.reverse()  # pop() from the end keeps the original order
     while chunks:
-        chunk = chunks.pop()
-        rows = slice(first, first + len(chunk))
-        for part in range(0, len(chunk), PROJECTION_CHUNK):
-            piece = chunk[part:part + PROJECTION_CHUNK]
-            projected = torch.matmul(matrix, piece.to(torch.float32).T)
-            targets = range(rows.start + part, rows.start + part + len(piece))
-            if position is None:
-                columns[:, targets.start:targets.stop].copy_(projected)
-            else:
-                columns.index_copy_(1, position[targets.start:targets.stop], projected)
-            del projected
-        spill.write(chunk.contiguous().numpy().tobytes())
-        first = rows.stop
-        del chunk, piece
+        chunk = chunks.pop().contiguous()
+        _project_into(columns, matrix, chunk, first, position)
+        spill.write(memoryview(chunk.numpy()).cast("B"))  # the chunk's own bytes, not a copy
+        first += len(chunk)
+        del chunk
         after_each_chunk()
     spill.flush()
     indices = greedy_k_center_indices(columns.T, k, start)

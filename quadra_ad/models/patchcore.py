@@ -45,7 +45,7 @@ import torch
 from anomalib.models import Patchcore as AnomalibPatchcore
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-from quadra_ad.models.coreset import greedy_k_center, sample_coreset_spilling
+from quadra_ad.models.coreset import greedy_k_center, inverse_permutation, sample_coreset_spilling
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,6 @@ class Patchcore(AnomalibPatchcore):
         # scripts/benchmark.py reads this line from the run's log.
         log.info("PatchCore coreset (%s sampler): %d of %d patches in %.2f s", self.coreset_sampler,
                  len(self.model.memory_bank), patches, time.perf_counter() - started)
-
 
     def _spill_dir(self) -> Path | None:
         """Where the embedding waits while the coreset is searched: the run folder's disk (not the
@@ -137,8 +136,7 @@ def stack_releasing(store: list[torch.Tensor], order: torch.Tensor | None = None
     rows = sum(len(chunk) for chunk in store)
     embedding = torch.empty(rows, *store[0].shape[1:], dtype=store[0].dtype, device=store[0].device)
     # Row i of the concatenation goes to position[i]: i itself, or where ``order`` puts it.
-    position = None if order is None else torch.empty_like(order).index_copy_(
-        0, order, torch.arange(rows, device=order.device))
+    position = None if order is None else inverse_permutation(order)
     start = 0
     store.reverse()  # pop() from the end is O(1) and keeps the original order
     while store:
