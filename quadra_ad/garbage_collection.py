@@ -3,7 +3,7 @@
 A run imports torch, Lightning, anomalib and MLflow: about a million objects that live until the
 process ends. Every full collection walks all of them again, and the ONNX exporter's tracing
 triggers many; at exit the interpreter walks them once more (~2.5 s of a PaDiM run on 2 cores,
-``scripts/benchmark.py``). Frozen objects (``gc.freeze``) are skipped by collections; they are
+timed by hand from the run's end to the process's exit). Frozen objects (``gc.freeze``) are skipped by collections; they are
 still freed by reference counting like any other object. Frozen pages are also left alone by the
 collector in forked DataLoader workers, so those share them with the parent instead of copying.
 """

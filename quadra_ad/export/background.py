@@ -5,7 +5,8 @@ that comes before it needs the same trained model but not the file. A forked chi
 model as it was at the fork (copy-on-write: nothing is copied up front), writes the file and sends
 back its path, or the error it met; the parent collects it when the export step comes, then checks
 the file against the model as it checks any export. While the child runs, this process's torch
-threads leave it a core. On 2 cores a PaDiM run ends ~2 s sooner (``scripts/benchmark.py``).
+threads leave it a core. On 2 cores a PaDiM run ended 1-2 s sooner (timed by hand, runs
+alternating with and without; ``scripts/benchmark.py`` shows the export step's share).
 
 Only where forking is safe and pays: Linux, one process (no DDP), CUDA never initialised (a
 forked child cannot use it), more than one core. The child runs torch on one thread: GNU
