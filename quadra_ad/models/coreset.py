@@ -30,13 +30,14 @@ than 0, so an index is never chosen twice, even among duplicate patches.
 """
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from anomalib.models.components.dimensionality_reduction import SparseRandomProjection
+
+from quadra_ad.models.spilled_embedding import SpilledEmbedding
 
 #: anomalib's PatchCore projects with ``SparseRandomProjection(eps=0.9)``.
 DEFAULT_EPS = 0.9
@@ -205,71 +206,28 @@ def sample_coreset(embedding: torch.Tensor, sampling_ratio: float, seed: int | N
     return embedding.index_select(0, greedy_k_center(embedding, sampling_ratio, seed))
 
 
-#: Bytes of the spilled embedding read back at a time when the coreset rows are gathered.
-READ_BACK_BYTES = 16 * 2**20
-
-
 @torch.no_grad()
-def sample_coreset_spilling(chunks: list[torch.Tensor], sampling_ratio: float, spill: BinaryIO,
-                            seed: int | None = None, order: torch.Tensor | None = None,
-                            eps: float = DEFAULT_EPS, after_each_chunk: Callable[[], None] = lambda: None) -> torch.Tensor:
-    """:func:`sample_coreset` of ``torch.cat(chunks)[order]`` (``order`` None: as concatenated),
-    without the embedding in memory while the coreset is searched.
+def sample_coreset_spilled(spilled: SpilledEmbedding, sampling_ratio: float, seed: int | None = None,
+                           order: torch.Tensor | None = None, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """:func:`sample_coreset` of the rows of ``spilled`` (taken in ``order`` when given), with only
+    the embedding's random projection in memory.
 
-    The search needs only the embedding's random projection (for a 384-feature ResNet-18
-    embedding, 245-314 projected features; holding both made a fit 1.6-1.8x the embedding).
-    Each chunk is projected, written to ``spill`` (a file, in arrival order) and dropped from
-    ``chunks`` before the next, so the projection fills up as the embedding empties; the coreset
-    rows are read back from the file at the end. The draws are :func:`greedy_k_center`'s, in its
-    order, and each row is projected by the same product, so the coreset is the same.
-    ``chunks`` is emptied; the caller must hold no other reference to them.
+    The search needs the projection alone (for a 384-feature ResNet-18 embedding, 245-314
+    projected features; 1,536-feature Wide-ResNet-50 ones keep the same count). The rows are read
+    back a block at a time and projected; the coreset rows are read back at the end. The draws
+    are :func:`greedy_k_center`'s, in its order, and each row is projected by the same product,
+    so the coreset is the same as with the embedding in memory.
     """
-    n_rows, n_features = sum(len(chunk) for chunk in chunks), chunks[0].shape[1]
-    dtype, device = chunks[0].dtype, chunks[0].device
+    n_rows = spilled.rows
     k = coreset_size(n_rows, sampling_ratio)
     with _seeded(seed):
-        matrix = projection_matrix(n_rows, n_features, eps, device)
-        start = torch.randint(high=n_rows, size=(1,), device=device)
-    # Row i of the concatenation is row position[i] of the ordered embedding.
+        matrix = projection_matrix(n_rows, spilled.features, eps)
+        start = torch.randint(high=n_rows, size=(1,))
+    # Row i of the file is row position[i] of the ordered embedding.
     position = None if order is None else inverse_permutation(order)
-    columns = torch.empty(matrix.shape[0], n_rows, dtype=torch.float32, device=device)
-    first = 0
-    chunks.reverse()  # pop() from the end keeps the original order
-    while chunks:
-        chunk = chunks.pop().contiguous()
-        _project_into(columns, matrix, chunk, first, position)
-        spill.write(memoryview(chunk.numpy()).cast("B"))  # the chunk's own bytes, not a copy
-        first += len(chunk)
-        del chunk
-        after_each_chunk()
-    spill.flush()
+    columns = torch.empty(matrix.shape[0], n_rows, dtype=torch.float32)
+    for first, rows in spilled.blocks():
+        _project_into(columns, matrix, rows, first, position)
     indices = greedy_k_center_indices(columns.T, k, start)
     del columns
-    after_each_chunk()
-    file_rows = indices if order is None else order[indices]
-    return _read_rows(spill, file_rows, n_features, dtype)
-
-
-def _read_rows(spill: BinaryIO, rows: torch.Tensor, n_features: int, dtype: torch.dtype) -> torch.Tensor:
-    """Rows ``rows`` (in that order) of the ``n x n_features`` array written to ``spill``, read
-    back in one sequential pass of plain reads (no memory map, whose pages would count as the
-    process's own)."""
-    wanted = rows.cpu().numpy()
-    by_row = np.argsort(wanted, kind="stable")
-    sorted_rows = wanted[by_row]
-    out = torch.empty(len(wanted), n_features, dtype=dtype)
-    out_array = out.numpy()
-    row_bytes = n_features * out.element_size()
-    block_rows = max(1, READ_BACK_BYTES // row_bytes)
-    buffer = torch.empty(block_rows, n_features, dtype=dtype).numpy()
-    done = 0
-    while done < len(sorted_rows):
-        block_start = int(sorted_rows[done])
-        spill.seek(block_start * row_bytes)
-        got = spill.readinto(memoryview(buffer).cast("B")) // row_bytes
-        end = int(np.searchsorted(sorted_rows, block_start + got, side="left"))
-        if got == 0 or end == done:
-            raise OSError(f"the spilled PatchCore embedding ended early (row {block_start})")
-        out_array[by_row[done:end]] = buffer[sorted_rows[done:end] - block_start]
-        done = end
-    return out.to(rows.device)
+    return spilled.read_rows(indices if order is None else order[indices])

@@ -12,23 +12,24 @@ function of the training embeddings alone, not of the order in which the sampler
 the rows are put in a fixed order before the seeded draw of the first patch. A DDP run, whose
 sampler deals the images in another order than a 1-process run's, then keeps the same coreset.
 
-Memory: what a fit must hold is the embedding (patches x features x 4 bytes) once training ends,
-and the embedding's random projection while the coreset is searched. On CPU the embedding waits
-on the run folder's disk during the search (an unnamed file, gone with the process) and only the
-coreset rows are read back, so the search holds the projection instead of both (for ResNet-18's
-384 features the projection keeps 245-314: holding both was 1.6-1.8x the embedding). These also
-made a CPU fit go well above the embedding, and are done differently here, with the same values
-(``scripts/patchcore_memory.py`` measures it):
+Memory: on CPU, in a one-process run, the training rows go to an unnamed file in the run folder
+as the backbone produces them (:class:`~quadra_ad.models.spilled_embedding.SpilledEmbedding`),
+and the coreset search holds only their random projection
+(:func:`~quadra_ad.models.coreset.sample_coreset_spilled`; 0.6-0.8x of a ResNet-18 embedding,
+about 0.2x of a Wide-ResNet-50 one) instead of the embedding (patches x features x 4 bytes),
+which anomalib holds twice over. The coreset is the same. What else a CPU fit held is done
+differently here, with the same values (``scripts/patchcore_memory.py`` measures it):
 
-- anomalib ``vstack``s the per-batch embeddings while the list still holds them: twice the
-  embedding at once. Here the rows are copied into one buffer a chunk at a time, each chunk
-  released once copied (the buffer's pages become resident only as they are written).
-- Freed heap blocks (activations, copied chunks) stay resident under glibc unless trimmed;
-  they are trimmed after each training step and each copied chunk (:func:`release_freed_memory`).
-- On CPU a training batch of 32 images ran through the backbone at once; its activations (for
-  ResNet-18 at 128 px, ~50 MB, more than the embedding of 80 images at 1.5x) came on top of the
-  stored rows. Training batches go through in slices of ``FORWARD_SLICE`` images instead; the
-  backbone is in eval mode, so every image's features are the same as in a whole batch.
+- A training batch of 32 images ran through the backbone at once; its activations (for ResNet-18
+  at 256 px, over 200 MB: more than the embedding of 80 images) came on top of everything else.
+  Batches go through a few images at a time (:func:`forward_slice`: ``FORWARD_PIXELS`` pixels per
+  pass); the backbone is in eval mode, so every image's features are the same as in a whole batch.
+- Freed heap blocks (activations, written chunks) stay resident under glibc unless trimmed; they
+  are trimmed after each training step and after the coreset search (:func:`release_freed_memory`).
+- Where the rows stay in memory (an accelerator, a DDP run, whose processes exchange them, or
+  ``coreset_sampler: anomalib``), anomalib ``vstack``s them while its list still holds them:
+  twice the embedding at once. The fast sampler copies them into one buffer a chunk at a time,
+  each chunk released once copied.
 
 The class keeps anomalib's name so that run tags and model cards still say ``Patchcore``.
 """
@@ -36,7 +37,6 @@ The class keeps anomalib's name so that run tags and model cards still say ``Pat
 import ctypes
 import functools
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,13 +45,21 @@ import torch
 from anomalib.models import Patchcore as AnomalibPatchcore
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-from quadra_ad.models.coreset import greedy_k_center, inverse_permutation, sample_coreset_spilling
+from quadra_ad.distributed import world_size
+from quadra_ad.models.coreset import greedy_k_center, inverse_permutation, sample_coreset_spilled
+from quadra_ad.models.spilled_embedding import SPILLABLE, SpilledEmbedding
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("fast", "anomalib")
-#: Images per backbone pass while collecting the training embedding on CPU (see the module docstring).
-FORWARD_SLICE = 8
+#: Image pixels per backbone pass while collecting the training embedding on CPU (see the module
+#: docstring): one 128 x 128 image, four 64 x 64 ones; never less than one image.
+FORWARD_PIXELS = 128 * 128
+
+
+def forward_slice(images: torch.Tensor) -> int:
+    """How many of ``images`` (``n x c x h x w``) go through the backbone at once on CPU."""
+    return max(1, FORWARD_PIXELS // (images.shape[-2] * images.shape[-1]))
 
 
 class Patchcore(AnomalibPatchcore):
@@ -67,28 +75,56 @@ class Patchcore(AnomalibPatchcore):
         super().__init__(*args, **kwargs)
         self.coreset_sampler = coreset_sampler
         self.coreset_seed = coreset_seed
+        self._spilled: SpilledEmbedding | None = None
 
     def training_step(self, batch: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Store the batch's embedding; on CPU a slice of the batch at a time (see the module docstring)."""
+        """Store the batch's embedding; on CPU a slice of the batch at a time, written to the run
+        folder's disk where it can be (see the module docstring)."""
         if self.device.type != "cpu":
             return super().training_step(batch, *args, **kwargs)
-        for images in batch.image.split(FORWARD_SLICE):
+        store = self.model.embedding_store
+        for images in batch.image.split(forward_slice(batch.image)):
             self.model(images)
+            spilled = self._spilled_embedding(store[-1])
+            if spilled is not None:
+                spilled.append(store.pop())
         release_freed_memory()
         # anomalib's dummy loss, for Lightning.
         return torch.tensor(0.0, requires_grad=True, device=self.device)
 
+    def _spilled_embedding(self, chunk: torch.Tensor) -> SpilledEmbedding | None:
+        """Where the training rows wait until the fit: a file in the run folder, or None (memory).
+
+        In memory under DDP (the processes exchange their rows before the fit), with anomalib's
+        sampler (it stacks them itself), without a trainer and for dtypes NumPy cannot write."""
+        if self._spilled is None:
+            directory = self._spill_dir()
+            if (directory is None or self.coreset_sampler != "fast" or world_size() > 1
+                    or chunk.dtype not in SPILLABLE or len(self.model.embedding_store) > 1):
+                return None
+            self._spilled = SpilledEmbedding(directory)
+        return self._spilled
+
     def fit(self) -> None:
         """Turn the training embeddings into the coreset memory bank."""
-        patches = sum(len(chunk) for chunk in self.model.embedding_store)
+        spilled, self._spilled = self._spilled, None
+        patches = sum(len(chunk) for chunk in self.model.embedding_store) + (spilled.rows if spilled else 0)
         started = time.perf_counter()
         if self.coreset_sampler == "anomalib":
             super().fit()
         else:
-            subsample_memory_bank(self.model, self.coreset_sampling_ratio, self.coreset_seed, self._spill_dir())
+            subsample_memory_bank(self.model, self.coreset_sampling_ratio, self.coreset_seed, self._spill_dir(),
+                                  spilled)
         # scripts/benchmark.py reads this line from the run's log.
         log.info("PatchCore coreset (%s sampler): %d of %d patches in %.2f s", self.coreset_sampler,
                  len(self.model.memory_bank), patches, time.perf_counter() - started)
+
+    def teardown(self, stage: str) -> None:
+        """A run stopped before the fit frees the rows' disk now, not when the module is collected."""
+        if self._spilled is not None:
+            self._spilled.close()
+            self._spilled = None
+        super().teardown(stage)
 
     def _spill_dir(self) -> Path | None:
         """Where the embedding waits while the coreset is searched: the run folder's disk (not the
@@ -98,33 +134,38 @@ class Patchcore(AnomalibPatchcore):
         return Path(self.trainer.default_root_dir)
 
 
-#: Embedding dtypes that can wait on disk (through NumPy) while the coreset is searched.
-SPILLABLE = (torch.float32, torch.float16, torch.float64)
-
-
 @torch.no_grad()
 def subsample_memory_bank(model: PatchcoreModel, sampling_ratio: float, seed: int | None = None,
-                          spill_dir: Path | None = None) -> None:
-    """``model.memory_bank`` becomes the coreset of ``model.embedding_store``, which is emptied.
+                          spill_dir: Path | None = None, spilled: SpilledEmbedding | None = None) -> None:
+    """``model.memory_bank`` becomes the coreset of the training rows: those already in
+    ``spilled`` (if given), then those of ``model.embedding_store``, which is emptied.
 
-    With ``spill_dir`` the embedding waits in an unnamed file there while the coreset is searched
-    on its projection (:func:`~quadra_ad.models.coreset.sample_coreset_spilling`); the file is
-    gone when the process ends, however it ends. Otherwise the stacked embedding lives only in
-    this function, so once the coreset is copied out it is freed, as with anomalib's
-    ``subsample_embedding``. With a ``seed`` the rows are first put in an order of their own
-    (see the module docstring); the coreset is the same either way.
+    With ``spilled`` or ``spill_dir`` the rows wait in an unnamed file while the coreset is
+    searched on their projection (:func:`~quadra_ad.models.coreset.sample_coreset_spilled`); the
+    file is closed (gone) on return. Otherwise the stacked embedding lives only in this function,
+    so once the coreset is copied out it is freed, as with anomalib's ``subsample_embedding``.
+    With a ``seed`` the rows are first put in an order of their own (see the module docstring);
+    the coreset is the same either way.
     """
-    if not model.embedding_store:
-        raise ValueError("Embedding store is empty. Cannot perform coreset selection.")
-    order = None
-    if seed is not None:
-        order = row_order(model.embedding_store)
-    if spill_dir is not None and model.embedding_store[0].dtype in SPILLABLE:
-        with tempfile.TemporaryFile(dir=spill_dir, prefix=".patchcore-embedding-") as spill:
-            model.memory_bank = sample_coreset_spilling(model.embedding_store, sampling_ratio, spill, seed, order,
-                                                        after_each_chunk=release_freed_memory)
+    store = model.embedding_store
+    if spilled is None and spill_dir is not None and store and store[0].dtype in SPILLABLE:
+        spilled = SpilledEmbedding(spill_dir)
+    if spilled is not None:
+        with spilled:
+            store.reverse()  # pop() from the end is O(1) and keeps the original order
+            while store:
+                spilled.append(store.pop())
+                release_freed_memory()
+            if not spilled.rows:
+                raise ValueError("Embedding store is empty. Cannot perform coreset selection.")
+            order = None if seed is None else order_by_sums(spilled.row_sums())
+            model.memory_bank = sample_coreset_spilled(spilled, sampling_ratio, seed, order)
+        release_freed_memory()
         return
-    embedding = stack_releasing(model.embedding_store, order)
+    if not store:
+        raise ValueError("Embedding store is empty. Cannot perform coreset selection.")
+    order = None if seed is None else row_order(store)
+    embedding = stack_releasing(store, order)
     indices = greedy_k_center(embedding, sampling_ratio, seed)
     model.memory_bank = embedding.index_select(0, indices)
 
@@ -178,4 +219,9 @@ def row_order(embedding: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     their sum: an order set by the rows' values, not by their positions (rows that tie are equal
     in practice, and then interchangeable)."""
     chunks = [embedding] if isinstance(embedding, torch.Tensor) else embedding
-    return torch.argsort(torch.cat([chunk.float().sum(dim=1) for chunk in chunks]), stable=True)
+    return order_by_sums(torch.cat([chunk.float().sum(dim=1) for chunk in chunks]))
+
+
+def order_by_sums(row_sums: torch.Tensor) -> torch.Tensor:
+    """:func:`row_order` from the rows' sums alone."""
+    return torch.argsort(row_sums, stable=True)

@@ -16,9 +16,17 @@ from quadra_ad.models.coreset import (
     greedy_k_center_indices,
     project,
     sample_coreset,
-    sample_coreset_spilling,
+    sample_coreset_spilled,
 )
-from quadra_ad.models.patchcore import FORWARD_SLICE, Patchcore, row_order, stack_releasing, subsample_memory_bank
+from quadra_ad.models.patchcore import (
+    FORWARD_PIXELS,
+    Patchcore,
+    forward_slice,
+    row_order,
+    stack_releasing,
+    subsample_memory_bank,
+)
+from quadra_ad.models.spilled_embedding import SpilledEmbedding
 from quadra_ad.run import run
 from tests.conftest import training_config
 
@@ -155,43 +163,76 @@ def test_stacking_releases_the_chunks_and_keeps_the_rows(ordered):
 
 @pytest.mark.parametrize(("ordered", "seed"), [(False, None), (False, 4), (True, 4)])
 def test_the_embedding_waiting_on_disk_gives_the_same_coreset(tmp_path, ordered, seed, monkeypatch):
-    import quadra_ad.models.coreset as coreset
+    import quadra_ad.models.spilled_embedding as spilled_embedding
 
-    monkeypatch.setattr(coreset, "READ_BACK_BYTES", 3000)  # several read-back blocks, one row not a divisor
+    monkeypatch.setattr(spilled_embedding, "READ_BLOCK_BYTES", 3000)  # several blocks, one row not a divisor
     chunks = [_random(rows, 40, seed=rows) for rows in (300, 57, 410, 1)]
     order = row_order(chunks) if ordered else None
     torch.manual_seed(5), np.random.seed(5)
     expected = sample_coreset(stack_releasing(list(chunks), order), 0.1, seed)
     torch.manual_seed(5), np.random.seed(5)
-    store = list(chunks)
-    with (tmp_path / "spill").open("w+b") as spill:
-        got = sample_coreset_spilling(store, 0.1, spill, seed, order)
-    assert store == [] and torch.equal(got, expected)
-    assert (tmp_path / "spill").stat().st_size == 768 * 40 * 4  # the whole embedding, as float32 rows
+    with SpilledEmbedding(tmp_path) as spilled:
+        for chunk in chunks:
+            spilled.append(chunk)
+        assert torch.equal(spilled.row_sums(), torch.cat(chunks).sum(dim=1))
+        got = sample_coreset_spilled(spilled, 0.1, seed, order)
+        assert spilled.rows == 768 and os.fstat(spilled._file.fileno()).st_size == 768 * 40 * 4  # float32 rows
+    assert torch.equal(got, expected)
+    assert list(tmp_path.iterdir()) == []  # an unnamed file, gone once closed
+
+
+def test_spilled_rows_come_back_by_block_and_by_index(tmp_path, monkeypatch):
+    import quadra_ad.models.spilled_embedding as spilled_embedding
+
+    monkeypatch.setattr(spilled_embedding, "READ_BLOCK_BYTES", 7 * 6 * 2)  # 7 float16 rows a block
+    rows = _random(30, 6).half()
+    with SpilledEmbedding(tmp_path) as spilled:
+        spilled.append(rows[:11])
+        spilled.append(rows[11:])
+        blocks = [(first, block.clone()) for first, block in spilled.blocks()]
+        assert [first for first, _ in blocks] == [0, 7, 14, 21, 28]
+        assert torch.equal(torch.cat([block for _, block in blocks]), rows)
+        wanted = torch.tensor([29, 3, 3, 17, 0, 8])
+        assert torch.equal(spilled.read_rows(wanted), rows[wanted])
+
+
+def test_spilled_chunks_must_agree_on_features_and_dtype(tmp_path):
+    with SpilledEmbedding(tmp_path) as spilled:
+        spilled.append(_random(4, 8))
+        with pytest.raises(ValueError, match="6 torch.float32 features after 8"):
+            spilled.append(_random(4, 6))
+        with pytest.raises(ValueError, match="bfloat16"):
+            spilled.append(_random(4, 8).bfloat16())
+        with pytest.raises(ValueError, match="2-D"):
+            spilled.append(torch.zeros(2, 2, 2))
 
 
 def test_a_spilled_embedding_cut_short_is_an_error(tmp_path):
-    chunks = [_random(200, 8, seed=1)]
-    with (tmp_path / "spill").open("w+b") as spill:
-        original_flush = spill.flush
-        spill.flush = lambda: (original_flush(), spill.truncate(10 * 8 * 4))  # the disk lost the tail
+    with SpilledEmbedding(tmp_path) as spilled:
+        spilled.append(_random(200, 8, seed=1))
+        spilled._file.flush()
+        spilled._file.truncate(10 * 8 * 4)  # the disk lost the tail
         with pytest.raises(OSError, match="ended early"):
-            sample_coreset_spilling(chunks, 0.5, spill)
+            sample_coreset_spilled(spilled, 0.5)
+
+
+def _patchcore(**kwargs) -> Patchcore:
+    return Patchcore(backbone="resnet18", pre_trained=False, pre_processor=False, post_processor=False,
+                     evaluator=False, visualizer=False, **kwargs)
 
 
 def test_a_cpu_fit_in_a_trainer_spills_to_the_run_folder_and_leaves_nothing(tmp_path, monkeypatch):
     import quadra_ad.models.patchcore as patchcore
 
     spilled_in = []
-    original = patchcore.sample_coreset_spilling
+    original = patchcore.sample_coreset_spilled
 
-    def recording(store, ratio, spill, *args, **kwargs):
-        spilled_in.append(os.path.dirname(os.path.realpath(f"/proc/self/fd/{spill.fileno()}")))
-        return original(store, ratio, spill, *args, **kwargs)
+    def recording(spilled, *args, **kwargs):
+        spilled_in.append(os.path.dirname(os.path.realpath(f"/proc/self/fd/{spilled._file.fileno()}")))
+        return original(spilled, *args, **kwargs)
 
-    monkeypatch.setattr(patchcore, "sample_coreset_spilling", recording)
-    model = Patchcore(backbone="resnet18", pre_trained=False, coreset_sampling_ratio=0.1, pre_processor=False,
-                      post_processor=False, evaluator=False, visualizer=False)
+    monkeypatch.setattr(patchcore, "sample_coreset_spilled", recording)
+    model = _patchcore(coreset_sampling_ratio=0.1)
     model.trainer = Trainer(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False)
     model.model.embedding_store.extend([_random(160, 384, seed=i) for i in range(3)])
     model.fit()
@@ -199,17 +240,75 @@ def test_a_cpu_fit_in_a_trainer_spills_to_the_run_folder_and_leaves_nothing(tmp_
     assert spilled_in == [str(tmp_path.resolve())] and list(tmp_path.iterdir()) == []  # an unnamed file
 
 
+def _training_steps(model: Patchcore, images: torch.Tensor, batch: int) -> None:
+    from anomalib.data import ImageBatch
+
+    for first in range(0, len(images), batch):
+        model.training_step(ImageBatch(image=images[first:first + batch]))
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+def test_training_rows_wait_on_disk_and_give_the_coreset_of_rows_in_memory(tmp_path, seed):
+    images = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    in_memory = _patchcore(coreset_sampling_ratio=0.25, coreset_seed=seed)
+    on_disk = _patchcore(coreset_sampling_ratio=0.25, coreset_seed=seed)
+    on_disk.model.load_state_dict(in_memory.model.state_dict())
+    on_disk.trainer = Trainer(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False)
+
+    _training_steps(in_memory, images, 5)
+    _training_steps(on_disk, images, 5)
+    rows = torch.cat(in_memory.model.embedding_store)
+    assert rows.shape == (12 * 8 * 8, 384)
+    # Every row went to the run folder's disk as it came: none is held in memory.
+    assert on_disk.model.embedding_store == [] and on_disk._spilled.rows == len(rows)
+    assert os.fstat(on_disk._spilled._file.fileno()).st_size == rows.numel() * 4
+
+    torch.manual_seed(3), np.random.seed(3)
+    in_memory.fit()
+    torch.manual_seed(3), np.random.seed(3)
+    on_disk.fit()
+    assert torch.equal(on_disk.model.memory_bank, in_memory.model.memory_bank)
+    assert on_disk._spilled is None and list(tmp_path.iterdir()) == []
+
+
+def test_a_run_stopped_before_the_fit_frees_the_spilled_rows(tmp_path):
+    model = _patchcore()
+    model.trainer = Trainer(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False)
+    _training_steps(model, torch.rand(2, 3, 32, 32), 2)
+    spilled = model._spilled
+    assert spilled.rows == 2 * 4 * 4
+    model.teardown("fit")
+    assert model._spilled is None and spilled._file.closed
+
+
+@pytest.mark.parametrize("why", ["anomalib sampler", "no trainer", "bfloat16"])
+def test_rows_stay_in_memory_where_they_cannot_wait_on_disk(tmp_path, why):
+    model = _patchcore(coreset_sampler="anomalib" if why == "anomalib sampler" else "fast")
+    if why != "no trainer":
+        model.trainer = Trainer(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False)
+    if why == "bfloat16":
+        model.model.to(torch.bfloat16)  # anomalib casts the images to the memory bank's dtype
+    _training_steps(model, torch.rand(4, 3, 32, 32), 2)
+    assert model._spilled is None and len(model.model.embedding_store) == 2
+
+
 def test_training_batch_in_slices_stores_the_rows_of_the_whole_batch():
     from anomalib.data import ImageBatch
 
-    model = Patchcore(backbone="resnet18", pre_trained=False, pre_processor=False, post_processor=False,
-                      evaluator=False, visualizer=False)
-    images = torch.rand(2 * FORWARD_SLICE + 3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model = _patchcore()
+    images = torch.rand(35, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert forward_slice(images) == FORWARD_PIXELS // (32 * 32) == 16
     model.training_step(ImageBatch(image=images))
-    assert len(model.model.embedding_store) == 3  # slices of 8, 8 and 3 images
+    assert len(model.model.embedding_store) == 3  # slices of 16, 16 and 3 images (no trainer: in memory)
     with torch.no_grad():
         whole = model.model(images)
     assert torch.equal(torch.cat(model.model.embedding_store[:3]), whole)
+
+
+def test_a_slice_is_at_least_one_image():
+    assert forward_slice(torch.empty(3, 3, 512, 512)) == 1
+    assert forward_slice(torch.empty(3, 3, 128, 128)) == 1
+    assert forward_slice(torch.empty(3, 3, 64, 64)) == 4
 
 
 def test_unknown_sampler_is_rejected():
