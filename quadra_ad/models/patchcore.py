@@ -87,7 +87,13 @@ class Patchcore(AnomalibPatchcore):
             self.model(images)
             spilled = self._spilled_embedding(store[-1])
             if spilled is not None:
-                spilled.append(store.pop())
+                try:
+                    spilled.append(store.pop())
+                except BaseException:
+                    # A failed write (a full disk) frees the rows' disk at once, so that what the
+                    # run writes next (its record) finds the space.
+                    self._drop_spilled()
+                    raise
         release_freed_memory()
         # anomalib's dummy loss, for Lightning.
         return torch.tensor(0.0, requires_grad=True, device=self.device)
@@ -121,10 +127,13 @@ class Patchcore(AnomalibPatchcore):
 
     def teardown(self, stage: str) -> None:
         """A run stopped before the fit frees the rows' disk now, not when the module is collected."""
+        self._drop_spilled()
+        super().teardown(stage)
+
+    def _drop_spilled(self) -> None:
         if self._spilled is not None:
             self._spilled.close()
             self._spilled = None
-        super().teardown(stage)
 
     def _spill_dir(self) -> Path | None:
         """Where the embedding waits while the coreset is searched: the run folder's disk (not the

@@ -3,6 +3,7 @@ here and in CI; skipped with the reason elsewhere). Every file is whole or absen
 FAILED with one line, and the run record can still be uploaded or says why not."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -46,6 +47,26 @@ def test_a_full_disk_ends_the_run_failed_in_one_line_and_leaves_only_whole_files
     (logged,) = client.search_runs([client.get_experiment_by_name("padim").experiment_id])
     assert logged.info.status == "FAILED"
     assert logged.data.tags["quadra_ad.error"].startswith("DiskFullError: no space left")
+
+
+def test_patchcore_rows_that_fill_the_disk_end_the_run_failed_in_one_line_and_free_their_space(small_disk, tmp_path):
+    """PatchCore's training rows wait in the run folder (an unnamed file); 40 images of 128 px make
+    15 MB of them, more than the 8 MB disk holds."""
+    from quadra_ad.testing.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", n_train=40, n_test_good=2, n_test_defect=2, size=128,
+                                   with_masks=False)
+    run_dir = small_disk / "run"
+    cfg = training_config("base/anomaly/patchcore", data, tmp_path, "backbone=resnet18",
+                          "transforms.input_size=[128,128]")
+    with pytest.raises(DiskFullError) as error:
+        run(cfg, output_dir=run_dir)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"no space left on the disk of '{run_dir}'")
+    # The rows' file was closed (it has no name: its space is free again), so the record was written.
+    record = json.loads((run_dir / "mlflow_run.json").read_text())
+    assert record["status"] == "FAILED"
+    assert shutil.disk_usage(small_disk).used < 2 * 2**20
 
 
 def test_upload_of_a_cut_short_record_says_so_in_one_line(tmp_path, capsys):
