@@ -16,16 +16,19 @@ floor of what a fit must hold; this script measures how far above it the fit goe
            coreset size: a size whose fit, predicted from the previous size's, passes --cap is not
            run for stock, and runs for ours with a 10x smaller coreset (memory only).
 
-Every fit runs in a child process of its own, one at a time, under ``nice -n 5``; the peak RSS is
-the child's ``ru_maxrss`` read with ``wait4`` from outside (the whole process: imports, model,
-data, fit). This parent never imports torch (a child's ``ru_maxrss`` starts at its parent's RSS),
-so the data are generated in a child too. The "baseline" is the child's own resident memory
-(``VmRSS``) at ``on_train_start``: imports, the backbone's weights and the datamodule already
-loaded, no batch seen yet — the floor the fit itself stands on. A separate child that only
-imports what a PatchCore run imports gives the imports-only figure, shown next to it (the gap is
-mostly the backbone's weights). Both sides load images with ``num_workers=0`` so that all of the
-fit's memory is in the measured process; test, export and logging are switched off (fit is what
-is measured).
+Every fit runs in a child process of its own, one at a time, under ``nice -n 5``. The "baseline"
+is the child's own resident memory (``VmRSS``) at ``on_train_start``, freed heap handed back
+first: imports, the backbone's weights and the datamodule already loaded, no batch seen yet — the
+floor the fit itself stands on. There the high-water mark starts again (``/proc/self/clear_refs``),
+so the fit's peak (``VmHWM`` when the coreset is done) is its own and not a transient of building
+the model; "code" is how much of it is the libraries' code (``RssFile``) paged in by the fit's
+first kernels. The process's peak is the larger of the high-water mark before training and
+``ru_maxrss`` read with ``wait4`` from outside (what ran after the fit: Lightning's validation
+pass). This parent never imports torch (a child's ``ru_maxrss`` starts at its parent's RSS), so
+the data are generated in a child too. A separate child that only imports what a PatchCore run
+imports gives the imports-only figure, shown next to it. Both sides load images with
+``num_workers=0`` so that all of the fit's memory is in the measured process; test, export and
+logging are switched off (fit is what is measured).
 
 Prints one table, writes JSON (default scripts/patchcore_memory.json) and a plot (default
 docs/patchcore_memory.png).
@@ -53,8 +56,9 @@ TARGET_RATIO = 1.5
 FEATURES = {"resnet18": 128 + 256, "wide_resnet50_2": 512 + 1024}
 LAYER2_STRIDE = 8
 CORESET_RATIO = 0.1
-RATIO_TEXT = ("(peak RSS when the coreset is done - RSS at on_train_start) / (patches x features x 4 bytes); "
-              "process_ratio: the same with the whole process's peak (wait4), validation pass included")
+RATIO_TEXT = ("(peak RSS from on_train_start to the coreset done - RSS at on_train_start, freed heap trimmed first) "
+              "/ (patches x features x 4 bytes); code_mb: of the fit's MB, the libraries' code pages (RssFile) it "
+              "touched first; process_ratio: the same with the whole process's peak, validation pass included")
 #: Coreset ratio of a run kept for its memory when the real one would pass --cap (see main).
 MEMORY_ONLY_RATIO = 0.01
 FLOOR_CASES = [("resnet18", 128), ("resnet18", 256), ("wide_resnet50_2", 128), ("wide_resnet50_2", 256)]
@@ -93,16 +97,24 @@ def child_imports() -> None:
 def _install_probes(fit_class, result: Path) -> None:
     """Record RSS at the start of training and around ``fit_class.fit`` (the coreset step), and the
     stored embedding's shape; write them to ``result`` once the fit is done."""
-    import resource
-
     from anomalib.models import Patchcore as AnomalibPatchcore
+
+    from quadra_ad.models.patchcore import release_freed_memory
 
     record: dict = {}
     on_train_start = AnomalibPatchcore.on_train_start
 
     def probed_train_start(self, *args, **kwargs):
+        # Heap freed before training goes back to the OS first: the baseline is what is live, so
+        # the fit cannot hide its own memory in pages freed earlier (a lower, stricter baseline).
+        release_freed_memory()
         record["baseline_rss_mb"] = _status_mb("VmRSS")
+        record["baseline_file_mb"] = _status_mb("RssFile")
         record["peak_before_train_mb"] = _status_mb("VmHWM")
+        # The peak so far (building the model can pass what the fit needs) must not hide the
+        # fit's own: the high-water mark starts again here (Linux); the parent adds the earlier
+        # peak back into the process's.
+        Path("/proc/self/clear_refs").write_text("5")
         record["train_started"] = time.perf_counter()
         return on_train_start(self, *args, **kwargs)
 
@@ -122,19 +134,26 @@ def _install_probes(fit_class, result: Path) -> None:
     fit = fit_class.fit
 
     def probed_fit(self, *args, **kwargs):
-        store = self.model.embedding_store
-        record["stored_rows"] = sum(len(chunk) for chunk in store)
-        record["stored_features"] = int(store[0].shape[1])
-        record["stored_dtype"] = str(store[0].dtype)
-        record["stored_bytes"] = sum(chunk.numel() * chunk.element_size() for chunk in store)
-        record["stored_chunks"] = len(store)
+        spilled = getattr(self, "_spilled", None)  # ours, on CPU: the rows wait in a file
+        if spilled is not None:
+            record.update(stored_in="disk", stored_rows=spilled.rows, stored_features=spilled.features,
+                          stored_dtype=str(spilled.dtype),
+                          stored_bytes=spilled.rows * spilled.features * torch_element_size(spilled.dtype))
+        else:
+            store = self.model.embedding_store
+            record.update(stored_in="memory", stored_rows=sum(len(chunk) for chunk in store),
+                          stored_features=int(store[0].shape[1]), stored_dtype=str(store[0].dtype),
+                          stored_bytes=sum(chunk.numel() * chunk.element_size() for chunk in store))
         record["peak_collecting_mb"] = _status_mb("VmHWM")
         started = time.perf_counter()
         out = fit(self, *args, **kwargs)
         ended = time.perf_counter()
         record["coreset_s"] = ended - started
         record["fit_s"] = ended - record.pop("train_started")
-        record["peak_after_fit_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        record["peak_after_fit_mb"] = _status_mb("VmHWM")
+        # Pages of the libraries' code (libtorch's kernels) the fit ran for the first time: part of
+        # the peak, file-backed and shared, not memory the fit allocated.
+        record["file_after_fit_mb"] = _status_mb("RssFile")
         record["memory_bank"] = list(self.model.memory_bank.shape)
         result.write_text(json.dumps(record))
         return out
@@ -142,6 +161,12 @@ def _install_probes(fit_class, result: Path) -> None:
     AnomalibPatchcore.on_train_start = probed_train_start
     fit_class.training_step = probed_training_step
     fit_class.fit = probed_fit
+
+
+def torch_element_size(dtype) -> int:
+    import torch
+
+    return torch.empty(0, dtype=dtype).element_size()
 
 
 def child_ours(data: Path, backbone: str, size: int, workdir: Path, result: Path, ratio: float | None) -> None:
@@ -222,6 +247,8 @@ def measure_fit(side: str, data: Path, backbone: str, size: int, n_train: int, w
     if measured.get("timed_out"):
         return measured
     measured.update(json.loads(result.read_text()))
+    # wait4's peak starts again at on_train_start (see _install_probes); the process's is the larger.
+    measured["peak_rss_mb"] = round(max(measured["peak_rss_mb"], measured["peak_before_train_mb"]), 1)
     patches, features = expected_embedding(backbone, size, n_train)
     embedding_mb = patches * features * 4 / 2**20
     if (measured["stored_rows"], measured["stored_features"]) != (patches, features):
@@ -234,11 +261,13 @@ def measure_fit(side: str, data: Path, backbone: str, size: int, n_train: int, w
 
 def derived(row: dict) -> dict:
     """``row`` with the fit's memory above the baseline and its ratio to the embedding. The fit's
-    peak is ``ru_maxrss`` when the coreset is done; the process's (wait4) also covers what runs
-    after the fit (Lightning's validation pass, which sets the thresholds)."""
+    peak is ``VmHWM`` when the coreset is done; the process's also covers what runs after the fit
+    (Lightning's validation pass, which sets the thresholds)."""
     row["fit_delta_mb"] = round(row["peak_after_fit_mb"] - row["baseline_rss_mb"], 1)
     row["ratio"] = round(row["fit_delta_mb"] / row["embedding_mb"], 2)
     row["process_ratio"] = round((row["peak_rss_mb"] - row["baseline_rss_mb"]) / row["embedding_mb"], 2)
+    if "file_after_fit_mb" in row:  # rows measured before this column existed have no split
+        row["code_mb"] = round(row["file_after_fit_mb"] - row["baseline_file_mb"], 1)
     return row
 
 
@@ -360,7 +389,7 @@ def print_table(report: dict) -> None:
           f"fits under nice -n 5, one at a time, 1-min load average at each start shown")
     print(f"imports only (a process that imports what a PatchCore run imports): peak RSS {imports['peak_rss_mb']:.0f} MB")
     header = (f"{'side':<6}{'backbone':<17}{'px':>4}{'images':>7}{'patches x feat':>16}{'embed MB':>9}"
-              f"{'before fit':>11}{'fit peak':>9}{'fit MB':>8}{'ratio':>7}{'process peak':>13}{'fit s':>8}"
+              f"{'before fit':>11}{'fit peak':>9}{'fit MB':>8}{'code':>6}{'ratio':>7}{'process peak':>13}{'fit s':>8}"
               f"{'coreset s':>10}{'load':>6}")
     print("\n" + header)
     print("-" * len(header))
@@ -382,14 +411,16 @@ def print_table(report: dict) -> None:
         fit = f"{r['fit_s']:.1f}" + ("*" if "coreset_ratio" in r else "")
         coreset = f"{r['coreset_s']:.2f}" + ("*" if "coreset_ratio" in r else "")
         process = f"{r['peak_rss_mb']:.0f} ({r['process_ratio']:.2f})"
+        code = f"{r['code_mb']:.0f}" if "code_mb" in r else "-"
         print(f"{lead}{shape:>16}{r['embedding_mb']:>9.0f}{r['baseline_rss_mb']:>11.0f}"
-              f"{r['peak_after_fit_mb']:>9.0f}{r['fit_delta_mb']:>8.0f}{ratio:>7}{process:>13}{fit:>8}{coreset:>10}"
+              f"{r['peak_after_fit_mb']:>9.0f}{r['fit_delta_mb']:>8.0f}{code:>6}{ratio:>7}{process:>13}{fit:>8}{coreset:>10}"
               f"{r['load_1min']:>6.1f}")
         if "coreset_ratio" in r:
             print(f"      * memory only: coreset ratio {r['coreset_ratio']} instead of {CORESET_RATIO} (the real fit "
                   f"was predicted at {r['predicted_fit_s']} s, over the cap); the peak hardly depends on it")
     print(f"(MB = 2^20 bytes; embed = patches x features x 4 bytes, equal to the rows stored before the coreset; "
-          f"before fit = VmRSS at on_train_start;\n fit peak = peak RSS when the coreset is done; fit MB = fit peak - before fit; "
+          f"before fit = VmRSS at on_train_start, freed heap trimmed first;\n fit peak = peak RSS from there to the coreset done; "
+          f"fit MB = fit peak - before fit; code = of which the libraries' code pages (RssFile) the fit touched first;\n "
           f"ratio = fit MB / embed, target <= {TARGET_RATIO} for ours;\n process peak = the whole process (wait4; "
           f"includes the validation pass after the fit), its ratio in brackets;\n fit s = first batch to coreset done; "
           f"stock with MALLOC_MMAP_THRESHOLD_)")
