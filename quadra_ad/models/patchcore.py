@@ -136,7 +136,7 @@ class Patchcore(AnomalibPatchcore):
             self._spilled = None
 
     def _spill_dir(self) -> Path | None:
-        """Where the embedding waits while the coreset is searched: the run folder's disk (not the
+        """Where the training rows wait until the coreset is chosen: the run folder's disk (not the
         temporary folder, which may itself be memory). None on an accelerator, or without a trainer."""
         if self.device.type != "cpu" or self._trainer is None:
             return None
