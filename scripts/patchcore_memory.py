@@ -33,7 +33,7 @@ logging are switched off (fit is what is measured).
 Prints one table, writes JSON (default scripts/patchcore_memory.json) and a plot (default
 docs/patchcore_memory.png).
 
-    python scripts/patchcore_memory.py                   # ~30 min on 2 busy cores
+    python scripts/patchcore_memory.py                   # ~35 min on 2 cores (~20 with --reuse-stock)
     python scripts/patchcore_memory.py --cap 300 --growth 80 320
 """
 
