@@ -47,7 +47,7 @@ from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
 from quadra_ad.distributed import world_size
 from quadra_ad.models.coreset import greedy_k_center, inverse_permutation, sample_coreset_spilled
-from quadra_ad.models.spilled_embedding import SPILLABLE, SpilledEmbedding
+from quadra_ad.models.spilled_embedding import SPILLABLE, SpilledEmbedding, sums_of_rows
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def row_order(embedding: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     their sum: an order set by the rows' values, not by their positions (rows that tie are equal
     in practice, and then interchangeable)."""
     chunks = [embedding] if isinstance(embedding, torch.Tensor) else embedding
-    return order_by_sums(torch.cat([chunk.float().sum(dim=1) for chunk in chunks]))
+    return order_by_sums(torch.cat([sums_of_rows(chunk) for chunk in chunks]))
 
 
 def order_by_sums(row_sums: torch.Tensor) -> torch.Tensor:

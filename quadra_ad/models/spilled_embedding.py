@@ -26,6 +26,12 @@ SPILLABLE = (torch.float32, torch.float16, torch.float64)
 READ_BLOCK_BYTES = 2**20
 
 
+def sums_of_rows(chunk: torch.Tensor) -> torch.Tensor:
+    """Each row's sum, in float32: what the ``coreset_seed`` row order sorts by, for rows in
+    memory and rows on disk alike (one rule, so both give the same order)."""
+    return chunk.float().sum(dim=1)
+
+
 class SpilledEmbedding:
     """Rows (``n x features``, one dtype) appended to an unnamed file in ``directory``."""
 
@@ -60,7 +66,7 @@ class SpilledEmbedding:
                              f"{self.features} {self.dtype} ones")
         chunk = chunk.detach().cpu().contiguous()
         self._file.write(memoryview(chunk.numpy()).cast("B"))  # the chunk's own bytes, not a copy
-        self._row_sums.append(chunk.float().sum(dim=1))
+        self._row_sums.append(sums_of_rows(chunk))
         self.rows += len(chunk)
 
     def row_sums(self) -> torch.Tensor:
