@@ -13,6 +13,13 @@ import numpy as np
 
 from quadra_ad.errors import DatasetError
 
+#: Largest image read, in pixels (width x height): 2^28 = 268 M pixels, 16384 x 16384. A bigger
+#: file (or a "decompression bomb": a few KB of PNG that decode to gigabytes) is refused from its
+#: header, before any pixel is decoded; as float RGB it would need over 3 GB.
+MAX_IMAGE_PIXELS = 1 << 28
+#: Smallest image side accepted: a model cannot see a defect in fewer pixels.
+MIN_IMAGE_SIDE = 4
+
 #: File endings treated as images; anything else in a folder (``.DS_Store``, ``Thumbs.db``) is ignored.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
@@ -20,6 +27,16 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 def is_image_file(path: Path) -> bool:
     """True for visible files with an image ending."""
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why an image of ``width`` x ``height`` pixels cannot be used, or None when it can."""
+    if width * height > MAX_IMAGE_PIXELS:
+        return (f"is {width}x{height} pixels (WxH), over the {MAX_IMAGE_PIXELS:,} pixels an image may have "
+                f"(a decompression bomb, or a scan to tile first)")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return f"is {width}x{height} pixels (WxH); images must be at least {MIN_IMAGE_SIDE} pixels on each side"
+    return None
 
 
 def read_raw(path: str | Path) -> np.ndarray:
