@@ -13,6 +13,7 @@ This module is the only one of ``quadra-ad`` that prints; the package logs.
 import logging
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -34,7 +35,16 @@ from quadra_ad.config.quadra_keys import translate_quadra_keys
 from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import INTERRUPTED_AT_START, QuadraADError
 from quadra_ad.garbage_collection import freeze_imports
-from quadra_ad.interrupts import Terminated, install_sigterm_handler, sigterm_received
+from quadra_ad.interrupts import (
+    OutputClosed,
+    Terminated,
+    install_sigterm_handler,
+    keep_sigterm_from_lightning,
+    output_reader_gone,
+    quiet_broken_pipe,
+    sigterm_received,
+    wait_for_ddp_processes,
+)
 from quadra_ad.quiet import quiet_third_party
 from quadra_ad.reports.sweep_report import mark_job_failed
 
@@ -43,8 +53,6 @@ _CHECKED_BEFORE_HYDRA = False
 #: Set once Hydra has composed the config and called the task function.
 _TASK_FUNCTION_STARTED = False
 TERMINATED_AT_START = "quadra-ad: terminated (SIGTERM) before the run started: nothing was written"
-TERMINATED = ("quadra-ad: terminated (SIGTERM): what the run wrote so far stays in its run folder; its MLflow run "
-              "is marked KILLED")
 #: What a process stopped by SIGTERM exits with (128 + 15), as shells report it.
 EXIT_TERMINATED = 143
 
@@ -128,6 +136,12 @@ def _record_failed_job(job: str, cfg: DictConfig, task, error: BaseException, mi
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_entry(cfg: DictConfig) -> float | None:
+    # Inside Hydra's task function: Hydra would print a BrokenPipeError's traceback itself.
+    with quiet_broken_pipe():
+        return _run_job(cfg)
+
+
+def _run_job(cfg: DictConfig) -> float | None:
     global _TASK_FUNCTION_STARTED
     _TASK_FUNCTION_STARTED = True
     task = None
@@ -143,6 +157,7 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             check_before_run(cfg)
         from quadra_ad.run import build_task, objective  # deferred: pulls in torch and anomalib
 
+        keep_sigterm_from_lightning()
         freeze_imports()
         quiet_third_party(bool(cfg.core.get("verbose", False)))
         task = build_task(cfg)
@@ -154,20 +169,12 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             return _record_failed_job(job, cfg, task, error, mistake=True)
         _fail(error)
     except KeyboardInterrupt:
-        _print_tracking(task)
-        if sigterm_received():
-            print(TERMINATED_AT_START if task is None else TERMINATED, file=sys.stderr)
-            sys.exit(EXIT_TERMINATED)
-        if task is None:
-            _interrupted_at_start()
-        print("quadra-ad: interrupted: what the run wrote so far stays in its run folder; "
-              "its MLflow run is marked KILLED", file=sys.stderr)
-        sys.exit(130)
+        _stopped(task)
     except BaseException as error:
-        _print_tracking(task)
         if sigterm_received():
-            print(TERMINATED_AT_START if task is None else TERMINATED, file=sys.stderr)
-            sys.exit(EXIT_TERMINATED)
+            _stopped(task)
+        if isinstance(error, OutputClosed) or (isinstance(error, BrokenPipeError) and output_reader_gone()):
+            raise  # nobody reads the sweep's output any more: its next jobs must not run either
         if isinstance(error, Exception) and (job := _job_in_sweep()):
             logging.getLogger(__name__).error("%s crashed", job, exc_info=True)  # the job's log keeps the trace
             _mark_run_folder_failed(error, mistake=False)
@@ -178,6 +185,25 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     print(f"quadra-ad: run folder {task.output_dir}")
     _print_tracking(task)
     return objective(task, cfg)
+
+
+def _stopped(task) -> NoReturn:
+    """End a run stopped by SIGTERM (exit 143) or Ctrl-C (130) with one line that says what was kept."""
+    terminated = sigterm_received()
+    code = EXIT_TERMINATED if terminated else 130
+    if _other_ddp_process():
+        sys.exit(code)  # process 0 reports the run
+    wait_for_ddp_processes()
+    _print_tracking(task)
+    if task is None:
+        if not terminated:
+            _interrupted_at_start()
+        print(TERMINATED_AT_START, file=sys.stderr)
+        sys.exit(code)
+    how = "terminated (SIGTERM)" if terminated else "interrupted"
+    print(f"quadra-ad: {how}: what the run wrote so far stays in its run folder; {task.tracking_outcome()}",
+          file=sys.stderr)
+    sys.exit(code)
 
 
 def _other_ddp_process() -> bool:
@@ -199,6 +225,12 @@ def _is_plain_run(args: list[str]) -> bool:
 
 
 HELP_FLAGS = ("--help", "-h")
+#: Hydra flags with which nothing runs: the command prints a config, help or its settings.
+PRINT_ONLY_FLAGS = ("--cfg", "-c", "--info", "-i", "--hydra-help", "--shell-completion", "-sc", *HELP_FLAGS)
+
+
+def _only_prints(args: list[str]) -> bool:
+    return any(arg.split("=", 1)[0] in PRINT_ONLY_FLAGS for arg in args)
 
 
 def _is_help(args: list[str]) -> bool:
@@ -216,12 +248,53 @@ def _check_plain_run(args: list[str]) -> None:
     _CHECKED_BEFORE_HYDRA = True
 
 
+def _run_folder_setting(args: list[str]) -> tuple[str, str]:
+    """The key that places this command's run folder and its value as given (interpolations unresolved)."""
+    key = "hydra.sweep.dir" if any(arg in ("-m", "--multirun") for arg in args) else "hydra.run.dir"
+    for arg in args:
+        if arg.startswith(f"{key}="):
+            return key, arg.split("=", 1)[1]
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.load(config_dir() / "hydra" / "default.yaml"), resolve=False)
+    return key, str(defaults[key.split(".")[1]]["dir"])
+
+
+def _check_run_folder_can_be_made(args: list[str]) -> None:
+    """Hydra makes the run folder before anything of ours runs, and a folder it cannot make ends in
+    its traceback: refuse that here, in one line, before the run starts."""
+    from quadra_ad.errors import ConfigError
+
+    key, value = _run_folder_setting(args)
+    fixed = Path(value.split("${", 1)[0] or ".")  # the part that does not depend on the time or the config
+    if not value.split("${", 1)[0].endswith("/") and "${" in value:
+        fixed = fixed.parent
+    folder = fixed if fixed.is_absolute() else Path.cwd() / fixed
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    fix = f"or put the run folders elsewhere with {key}=<folder>"
+    if not existing.is_dir():
+        raise ConfigError(f"cannot make the run folder in '{folder}': '{existing}' is a file, not a folder; move it "
+                          f"away {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot make the run folder in '{folder}': '{existing}' is not writable; give write "
+                          f"permission on it {fix}")
+
+
 def main() -> None:
     """Console-script entry point."""
     args = sys.argv[1:]
     if args[:1] == ["--list"]:
         _print_group(args[1] if len(args) > 1 else "experiment")
         return
+    if _only_prints(args):
+        # Hydra prints these itself, and would print a BrokenPipeError's traceback as well when the
+        # reader has gone (``quadra-ad --cfg job | head``): end as ``cat`` would, of the SIGPIPE.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # A log line whose reader went away (``quadra-ad … | head``) would print logging's own traceback
+    # on stderr, once per line, until the command's next print ends it quietly.
+    logging.raiseExceptions = False
     install_sigterm_handler()
     try:
         args = sys.argv[1:] = expand_category_patterns(args)
@@ -230,6 +303,8 @@ def main() -> None:
         register_experiment_sources()
         register_launcher_presets()
         register_resolvers()
+        if not _only_prints(args):
+            _check_run_folder_can_be_made(args)
         if _is_plain_run(args):
             _check_plain_run(args)
         elif _is_help(args):

@@ -38,8 +38,11 @@ def quadra_ad() -> None:
         print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.stderr.flush()
         os._exit(130)
+    from quadra_ad.interrupts import quiet_broken_pipe
+
     try:
-        main()
+        with quiet_broken_pipe():
+            main()
     finally:
         from quadra_ad.garbage_collection import skip_final_collection
 
@@ -49,12 +52,16 @@ def quadra_ad() -> None:
 def quadra_ad_compare():
     _require_training_extra("quadra-ad-compare")
     from quadra_ad.compare_cli import main
+    from quadra_ad.interrupts import quiet_broken_pipe
 
-    return main()
+    with quiet_broken_pipe():
+        return main()
 
 
 def quadra_ad_upload():
     _require_training_extra("quadra-ad-upload")
+    from quadra_ad.interrupts import quiet_broken_pipe
     from quadra_ad.upload_cli import main
 
-    return main()
+    with quiet_broken_pipe():
+        return main()

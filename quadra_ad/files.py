@@ -9,9 +9,12 @@ a full disk, a kill — leaves the previous file or none, never a truncated one 
 import errno
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from quadra_ad.interrupts import exception_chain
 
 #: Errors that mean "no room left", whatever the filesystem.
 FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -43,17 +46,27 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def disk_is_full(error: BaseException, folder: str | Path) -> bool:
     """True when ``error`` (or what caused it) is a write that ran out of space in ``folder``."""
-    seen: BaseException | None = error
     writing = False
-    while seen is not None:
+    for seen in exception_chain(error):
         if isinstance(seen, OSError) and seen.errno in FULL_DISK_ERRNOS:
             return True
         # torch's zip writer reports a full disk as a RuntimeError without an errno.
         writing = writing or isinstance(seen, (OSError, RuntimeError)) or "write" in str(seen).lower()
-        seen = seen.__cause__ or seen.__context__
     if not writing:
         return False
     try:
         return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
     except OSError:
         return False
+
+
+def file_kind(mode: int) -> str:
+    """What an ``os.stat`` mode is, in words ("a file", "a folder", "a named pipe (FIFO)" …).
+
+    Callers check the mode before opening a path: a named pipe or a device blocks on open.
+    """
+    for test, kind in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return "not a regular file"

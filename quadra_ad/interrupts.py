@@ -8,6 +8,11 @@ exits 143 with one line. DataLoader workers that die of the same signal make the
 raise other errors on the way out: :func:`sigterm_received` tells the task they are part of
 the same stop, and the clean-up noise of their iterators' destructors is not printed.
 Forked workers inherit the handler; in them it restores the default action, so they just die.
+
+A DDP run is stopped whole: the launching process passes the signal on to the processes
+Lightning started from it (:func:`ddp_processes_started_here`), waits for them
+(:func:`wait_for_ddp_processes`) and alone reports the run. Lightning's own SIGTERM handler is
+kept out of the way while a trainer runs (:func:`keep_sigterm_from_lightning`).
 """
 
 import logging
@@ -17,6 +22,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +31,28 @@ _installer_pid: int | None = None
 #: True while :func:`signals_deferred` holds signals back, and the signals it has held so far.
 _deferring = False
 _held: list[int] = []
+#: The DDP processes this process passed SIGTERM on to (psutil.Process objects).
+_forwarded: list = []
 #: What torch says when a DataLoader worker dies of SIGTERM (signal.strsignal(SIGTERM) on Linux).
 _WORKER_KILLED_BY_SIGTERM = "is killed by signal: Terminated"
 
 
 class Terminated(BaseException):
     """The process received SIGTERM: stop, as on Ctrl-C (a BaseException, so no step swallows it)."""
+
+
+def exception_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error``, then what caused it (or was being handled when it was raised), and so on, each once.
+
+    A chain can loop: an error re-raised inside the handler of the error that wraps it (as
+    ``instantiate_node`` does with Hydra's ``InstantiationException``) becomes the context of its
+    own wrapper, and a walk that does not remember where it has been never ends.
+    """
+    visited: set[int] = set()
+    while error is not None and id(error) not in visited:
+        visited.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def sigterm_received() -> bool:
@@ -44,12 +66,10 @@ def stopped_by_sigterm(error: BaseException) -> bool:
     Lightning's, before ours runs). The latter counts as the SIGTERM having arrived."""
     if _received:
         return True
-    seen = error
-    while seen is not None:
+    for seen in exception_chain(error):
         if isinstance(seen, RuntimeError) and _WORKER_KILLED_BY_SIGTERM in str(seen):
             _note_sigterm()
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
 
 
@@ -110,10 +130,150 @@ def _on_sigterm(signum, frame) -> None:
     if _received:
         return  # already stopping: a second signal must not interrupt the clean-up
     _note_sigterm()
+    _forward_to_ddp_processes(signum)
     if _deferring:
         _held.append(signum)  # raised when the deferring block ends
         return
     raise Terminated("terminated by SIGTERM")
+
+
+def ddp_processes_started_here() -> list:
+    """The other processes of a DDP run that Lightning started from this one (psutil.Process objects).
+
+    Lightning starts them by running the command line again with ``LOCAL_RANK`` ≥ 1 in their
+    environment; DataLoader workers and forked exports are forks of this process and carry the
+    environment it was started with, so they are not among them.
+    """
+    if os.environ.get("LOCAL_RANK", "0") not in ("", "0"):
+        return []  # one of those processes itself: the launching one owns the others
+    import psutil
+
+    found = []
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return []
+    for child in children:
+        try:
+            if child.environ().get("LOCAL_RANK", "0") not in ("", "0"):
+                found.append(child)
+        except psutil.Error:
+            continue  # gone already, or not ours to read
+    return found
+
+
+def _forward_to_ddp_processes(signum: int) -> None:
+    """Pass the signal on: a DDP process that is not stopped waits for the one that was, in its next
+    collective, until gloo's timeout (30 minutes), or fails there with a traceback of its own."""
+    for process in ddp_processes_started_here():
+        try:
+            process.send_signal(signum)
+            _forwarded.append(process)
+        except Exception:  # noqa: BLE001 - gone already: nothing left to stop
+            continue
+
+
+def wait_for_ddp_processes(timeout_s: float = 60.0) -> None:
+    """Wait until the DDP processes SIGTERM was passed on to have ended; kill those still there
+    after ``timeout_s`` (a process stuck in a collective its peer left cannot stop by itself)."""
+    if not _forwarded:
+        return
+    import psutil
+
+    _, alive = psutil.wait_procs(_forwarded, timeout=timeout_s)
+    for process in alive:
+        log.warning("DDP process %s did not stop within %.0f s of SIGTERM: killing it", process.pid, timeout_s)
+        try:
+            process.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _lightning_sigterm_notifier(self, signum, frame) -> None:
+    """Stands in for Lightning's: our handler, which runs right after it, stops this process and
+    passes the signal on."""
+
+
+def keep_sigterm_from_lightning() -> None:
+    """Leave SIGTERM to our handler while a Lightning trainer runs (only once it is installed).
+
+    During fit and test Lightning puts a handler of its own in front of ours. Under DDP that
+    handler runs a broadcast to the other processes from inside the signal handler; the other
+    processes are then in another collective (a gradient all-reduce) or in their own handler's
+    broadcast, or already gone, and the broadcast fails ("Connection closed by peer": a traceback
+    and a FAILED run instead of KILLED) or waits for gloo's 30-minute timeout.
+    """
+    if _installer_pid != os.getpid():
+        return
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    _SignalConnector._sigterm_notifier_fn = _lightning_sigterm_notifier
+
+
+#: What a command whose reader went away (``quadra-ad … | head``) exits with: 128 + SIGPIPE, as
+#: shells report a process that signal ended.
+EXIT_BROKEN_PIPE = 141
+
+
+class OutputClosed(BrokenPipeError):
+    """The command's output has no reader any more (``quadra-ad … | head``): the run was stopped."""
+
+
+def ended_by_closed_output(error: BaseException) -> bool:
+    """True for the SystemExit with which rich (Lightning's progress bar and summaries) answers a
+    closed stdout, after pointing stdout at /dev/null (``Console.on_broken_pipe``)."""
+    import traceback
+
+    return isinstance(error, SystemExit) and any(
+        frame.f_code.co_name == "on_broken_pipe" for frame, _ in traceback.walk_tb(error.__traceback__))
+
+
+def _reader_gone(stream) -> bool:
+    """True when ``stream`` writes into a pipe whose reading end was closed."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), 0)  # POLLERR is reported whatever the mask: the reader has gone
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):
+        return False  # not a real file (captured by a test, closed)
+
+
+def output_reader_gone() -> bool:
+    """True when stdout or stderr writes into a pipe whose reading end was closed."""
+    return _reader_gone(sys.stdout) or _reader_gone(sys.stderr)
+
+
+def _silence_outputs_without_reader() -> None:
+    """Point stdout and stderr at /dev/null where their reader has gone, so that nothing, not even
+    the interpreter's last flush, writes to them again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        if _reader_gone(stream):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+def end_for_broken_pipe() -> NoReturn:
+    """End the command quietly once its reader has gone, as ``SIGPIPE`` ends ``yes | head``."""
+    _silence_outputs_without_reader()
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
+@contextmanager
+def quiet_broken_pipe() -> Iterator[None]:
+    """Within the block, a write to an output whose reader has gone ends the command quietly
+    (exit 141) instead of a BrokenPipeError traceback. Other broken pipes (a DataLoader worker's,
+    a server's) are errors as before."""
+    try:
+        yield
+        sys.stdout.flush()  # what is still buffered, while a broken pipe can still end quietly
+    except BrokenPipeError as error:
+        if not (isinstance(error, OutputClosed) or output_reader_gone()):
+            raise
+        end_for_broken_pipe()
 
 
 def install_sigterm_handler() -> None:

@@ -17,7 +17,9 @@ from quadra_ad.errors import DiskFullError
 
 from quadra_ad.files import disk_is_full, write_text
 from quadra_ad.interrupts import (
+    OutputClosed,
     Terminated,
+    ended_by_closed_output,
     release_logging_lock_left_by_interrupt,
     sigterm_pending,
     sigterm_received,
@@ -56,6 +58,8 @@ class Task:
         self.live_run = None
         #: What ``mlflow_run.json`` held when the run started (None without an MLflow logger).
         self._running_record: dict | None = None
+        #: True once ``prepare`` has succeeded: from then on the run reaches the tracker.
+        self.prepared = False
 
     def prepare(self) -> None:
         """Build everything the later steps need (data, model, trainer)."""
@@ -96,6 +100,18 @@ class Task:
         """Config keys whose value the run decides once it started (not logged when it opens)."""
         return ()
 
+    def tracking_outcome(self) -> str:
+        """Where the run stands in MLflow, in words, for the line a run that was stopped ends with."""
+        if self.tracked_run is not None:
+            return f"its MLflow run is marked {self.tracked_run.status}"
+        if not self.prepared:
+            return "no MLflow run was started (it stopped while the run was being prepared)"
+        if not (self.config.get("logger") or {}).get("mlflow"):
+            return "no MLflow run is logged (no logger.mlflow configured)"
+        if self.tracking_error:
+            return "its MLflow run could not be marked (see above)"
+        return f"its MLflow run was not marked; log it with: quadra-ad-upload {self.output_dir}"
+
     def attach_live_run(self, live_run) -> None:
         """Route what the task logs while it runs to ``live_run``."""
 
@@ -134,6 +150,7 @@ class Task:
             if disk_is_full(error, self.output_dir):
                 raise self._disk_full(error) from error
             raise
+        self.prepared = True
         self._save_running_record()
         self._open_live_run()
         try:
@@ -146,6 +163,10 @@ class Task:
             self._track_unfinished("KILLED", interrupt)
             raise
         except SystemExit as interrupt:
+            if ended_by_closed_output(interrupt):
+                closed = OutputClosed("the command's output was closed (its reader went away)")
+                self._track_unfinished("KILLED", closed)
+                raise closed from interrupt
             if sigterm_received():
                 # Lightning's own SIGTERM flag ends its loops with a SystemExit of its own.
                 self._track_unfinished("KILLED", Terminated("terminated by SIGTERM"))

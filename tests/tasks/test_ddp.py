@@ -207,3 +207,44 @@ def test_ddp_from_a_python_session_is_refused_before_training(odd_dataset, tmp_p
     with pytest.raises(ConfigError, match=r"start the run with the quadra-ad command"):
         run(cfg, output_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "lightning_logs").exists()
+
+
+# -- stopping it ----------------------------------------------------------------------------
+def test_sigterm_to_the_launching_process_ends_every_process_and_marks_the_run_killed(odd_dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from tests.cli_runner import QUADRA_AD, quadra_ad_env
+
+    command = [*QUADRA_AD, *_overrides("base/anomaly/stfpm", odd_dataset, tmp_path, *TWO_PROCESSES,
+                                       "trainer.max_epochs=100000", "export.types=[]")]
+    with (tmp_path / "stdout.txt").open("w") as out, (tmp_path / "stderr.txt").open("w") as err_file:
+        process = subprocess.Popen(command, cwd=tmp_path, env=quadra_ad_env(), stdout=out, stderr=err_file,
+                                   start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not any("train_loss_epoch" in p.read_text()
+                          for p in tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")):
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()
+                time.sleep(0.2)
+            others = psutil.Process(process.pid).children()
+            assert others, "the second process of the run is not there"
+            process.send_signal(signal.SIGTERM)  # to the launching process only, as `kill <pid>` does
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert process.returncode == 143, err[-3000:]
+    assert not [p for p in others if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "a DDP process was left"
+    lines = [line for line in err.splitlines() if line.startswith("quadra-ad:")]
+    assert lines == ["quadra-ad: terminated (SIGTERM): what the run wrote so far stays in its run folder; its MLflow "
+                     "run is marked KILLED"], err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["KILLED"]
