@@ -7,13 +7,20 @@ Runs the :class:`~quadra_ad.deploy.Predictor` (no torch for an ONNX model), stre
 are read ``--batch`` at a time and each result is written as soon as it is known, so memory
 stays flat whatever the number of images. Exit codes for line scripts: 0 all good (or anomalies
 without ``--fail-on-anomaly``), 1 at least one image anomalous with ``--fail-on-anomaly``,
-2 a mistake (model, arguments) or an image that could not be read (the others are still scored).
+2 a mistake (model, arguments) or an image that could not be read (the others are still scored),
+141 the reader of the output went away (``| head``), as for a tool that SIGPIPE stops.
+
+Heatmaps are named after the image's last path parts and a hash of its full path
+(``good__000_3fa9c1d2e4_anomalous.png``): readable, the same on every run, never shared by two
+images, and always inside ``--heatmaps``.
 """
 
 import argparse
 import csv
+import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +30,17 @@ import numpy as np
 
 from quadra_ad.deploy.images import IMAGE_SUFFIXES, is_image_file
 from quadra_ad.errors import DatasetError, QuadraADError
+from quadra_ad.files import atomic_path
 
 PROG = "quadra-ad-predict"
 COLUMNS = ["image_path", "raw_score", "normalized_score", "predicted_label", "threshold"]
+#: The shell's code for a process that SIGPIPE stopped (128 + 13): what ``yes | head`` leaves in PIPESTATUS.
+BROKEN_PIPE_EXIT = 141
+#: The labels in heatmap names.
+LABEL_NAMES = ("good", "anomalous")
+#: Path parts of the image kept in its heatmap's name, and that name's most bytes before the hash.
+HEATMAP_NAME_PARTS = 3
+HEATMAP_NAME_BYTES = 120
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -94,6 +109,18 @@ class _Writer:
             self.handle.close()
 
 
+def heatmap_stem(source: str) -> str:
+    """The heatmap's name for the image at ``source``, before its label: the image's last path
+    parts, made safe and visible, and a hash of its absolute path, so that two images never
+    share a name (``a/x.png`` and ``b/x.png``, ``../x.png``) and one image keeps its name."""
+    path = Path(source)
+    parts = [part for part in path.with_suffix("").parts if part not in ("..", ".", path.anchor)]
+    readable = "__".join(re.sub(r"[^\w.-]+", "_", part) for part in parts[-HEATMAP_NAME_PARTS:]).lstrip(".-_")
+    readable = readable.encode("utf-8")[:HEATMAP_NAME_BYTES].decode("utf-8", errors="ignore") or "image"
+    digest = hashlib.sha256(os.path.abspath(source).encode("utf-8", errors="surrogateescape")).hexdigest()[:10]
+    return f"{readable}_{digest}"
+
+
 def write_heatmap(prediction, folder: Path, low: float, high: float) -> Path:
     """The raw anomaly map over the image (kept by the Predictor), coloured from ``low`` (blue) to ``high`` (red)."""
     image = prediction.image
@@ -101,10 +128,24 @@ def write_heatmap(prediction, folder: Path, low: float, high: float) -> Path:
     level = np.clip((prediction.anomaly_map_original - low) / span, 0.0, 1.0)
     colour = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
     picture = cv2.addWeighted((image[:, :, ::-1] * 255).astype(np.uint8), 0.6, colour, 0.4, 0.0)
-    name = "__".join(Path(prediction.source).with_suffix("").parts[-3:]).replace(os.sep, "_")
-    path = folder / f"{name}_{'anomalous' if prediction.label else 'good'}.png"
-    cv2.imwrite(str(path), picture)
+    stem = heatmap_stem(prediction.source)
+    path = folder / f"{stem}_{LABEL_NAMES[prediction.label]}.png"
+    # A run with another threshold may have labelled the image otherwise: one heatmap per image.
+    (folder / f"{stem}_{LABEL_NAMES[1 - prediction.label]}.png").unlink(missing_ok=True)
+    ok, encoded = cv2.imencode(".png", picture)  # imencode + write: cv2.imwrite fails on some non-ASCII paths
+    if not ok:
+        raise OSError(f"OpenCV could not encode the heatmap of {prediction.source}")
+    with atomic_path(path) as temporary:  # a stopped run leaves no half-written heatmap
+        temporary.write_bytes(encoded.tobytes())
     return path
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device: Python flushes it again at exit, and on the closed pipe that
+    would print a BrokenPipeError (the recipe of the ``signal`` module's documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.heatmaps is not None:
         if predictor.card.has_anomaly_map is False:
             _fail("--heatmaps: this model scores whole images and has no anomaly map")
-        args.heatmaps.mkdir(parents=True, exist_ok=True)
+        try:
+            args.heatmaps.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            _fail(f"--heatmaps {args.heatmaps}: cannot make the folder ({error.strerror or error})")
     low, high = predictor.calibration.map_range
     unreadable: list[str] = []
 
@@ -131,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         unreadable.append(source)
         print(f"{PROG}: skipped: {error}", file=sys.stderr)
 
-    writer = _Writer(args.out)
+    try:
+        writer = _Writer(args.out)
+    except OSError as error:
+        _fail(f"--out {args.out}: cannot write it ({error.strerror or error})")
     anomalous = scored = 0
     progress = None
     if not args.no_progress and sys.stderr.isatty():
@@ -151,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted after {scored} images; the results written so far are complete lines", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `quadra-ad-predict … | head` read what it wanted: stop quietly, as tools do
+        _silence_stdout()
+        return BROKEN_PIPE_EXIT
+    except OSError as error:  # --out or a heatmap could not be written (full disk, permissions)
+        _fail(f"cannot write '{error.filename or args.out or args.heatmaps}': {error.strerror or error}")
     finally:
         writer.close()
         if progress is not None:

@@ -6,6 +6,13 @@ the inference task all go through it.
     result = predictor.predict("part_0001.png")                              # or arrays, PIL images, lists
     result.label, result.score, result.normalized_score, result.anomaly_map_original
 
+One image is a path, an image file's bytes, a PIL image or a NumPy array in RGB order; a 3-D
+array is always ONE image, H×W×C with the channels last (C = 1, 3 or 4), and several images are
+a list (or any sequence or iterator) of those or an N×H×W×C array. Pixel values follow
+:mod:`quadra_ad.deploy.images`'s rule (uint8 0-255, uint16 0-65535, float 0-1, finite); an input
+outside it is one :class:`~quadra_ad.errors.DatasetError` line (a value of another type: a
+ConfigError line), never a guess.
+
 Images are prepared exactly as the training prepared them (the model card's valid-area mask,
 crop, size and normalisation) with NumPy and OpenCV; with an ONNX graph nothing here imports
 torch. Labels follow the card's rule, ``score >= threshold`` (float32 scores, as the training
@@ -13,19 +20,21 @@ run's predictions.csv).
 """
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import numbers
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from quadra_ad.deploy.images import read_image_array, to_unit_rgb
+from quadra_ad.deploy.images import IMAGE_CHANNELS, decode_image, read_image_array, size_problem, to_unit_rgb
 from quadra_ad.deploy.loader import load_exported_model
 from quadra_ad.deploy.model_card import ModelCard
 from quadra_ad.deploy.model_uri import fetch_deployment_folder, is_model_uri
 from quadra_ad.deploy.preprocess import Preprocessor
-from quadra_ad.deploy.runners import ExportedModel
+from quadra_ad.deploy.runners import ExportedModel, first_line
 from quadra_ad.errors import ConfigError, DatasetError
 from quadra_ad.thresholds import Calibration
 
@@ -112,10 +121,17 @@ class Predictor:
         return scores, (maps.reshape(len(scores), *maps.shape[-2:]) if self.card.has_anomaly_map else None)
 
     def predict(self, images: Any, batch_size: int = 16) -> "Prediction | list[Prediction]":
-        """One image → one :class:`Prediction`; a list of images or an (N, H, W[, C]) array → a list."""
+        """One image → one :class:`Prediction`; several → a list, in their order.
+
+        One image: a path, an encoded image file's bytes (``bytes``, ``bytearray``,
+        ``memoryview``), a PIL image, or an array H×W or H×W×C (C = 1, 3 or 4, channels last: a
+        3-D array is always one image). Several: a list, tuple, iterator (any iterable but a
+        mapping or a set, which have no order) of those, or an N×H×W×C array. See the module's docstring for the pixel values accepted.
+        """
+        _check_batch_size(batch_size)
         if _is_single(images):
-            return next(self.predict_stream([images], batch_size=1))
-        return list(self.predict_stream(list(images), batch_size))
+            return next(self._stream([images], 1, None, False, single=True))
+        return list(self.predict_stream(images, batch_size))
 
     def predict_stream(
         self, images: Iterable[Any], batch_size: int = 16, on_error: Callable[[str, DatasetError], None] | None = None,
@@ -123,15 +139,23 @@ class Predictor:
     ) -> Iterator[Prediction]:
         """Predictions one by one, ``batch_size`` images in memory at a time (any number of images).
 
-        ``on_error(source, error)``: called for an image that cannot be read or prepared, which is
-        then skipped; without it the error is raised. ``keep_images``: each prediction carries the
-        image it scored (for overlays, without reading the file twice).
+        ``images``: several images as :meth:`predict` takes them (a list, an iterator, an
+        N×H×W×C array). ``on_error(source, error)``: called for an image that cannot be read or
+        prepared (a DatasetError), which is then skipped; without it the error is raised.
+        ``keep_images``: each prediction carries the image it scored (for overlays, without
+        reading the file twice). Arguments are checked here, before the first image is read.
         """
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        _check_batch_size(batch_size)
+        if _is_single(images):
+            raise ConfigError(f"predict_stream takes several images (a list, an iterator or an N×H×W×C array), got "
+                              f"one {type(images).__name__}: use predict(image) or predict_stream([image])")
+        return self._stream(images, batch_size, on_error, keep_images)
+
+    def _stream(self, images: Iterable[Any], batch_size: int, on_error: Callable[[str, DatasetError], None] | None,
+                keep_images: bool, single: bool = False) -> Iterator[Prediction]:
         pending: list[tuple[np.ndarray, tuple[int, int], str, np.ndarray | None]] = []
         for index, image in enumerate(images):
-            source = str(image) if isinstance(image, str | Path) else f"image {index}"
+            source = _source_of(image, "the image" if single else f"image {index}")
             try:
                 rgb = as_rgb(image, source)
                 prepared = self.preprocess(rgb, source)
@@ -168,38 +192,123 @@ class Predictor:
 
 
 def choose_threshold(calibration: Calibration, threshold: str | float) -> tuple[float, str]:
-    """The raw threshold that decides labels, and where it comes from."""
-    if threshold == "training":
-        return float(calibration.image_threshold), "training image threshold (model.json)"
-    if threshold == "training_pixel":
-        if calibration.pixel_threshold is None:
+    """The raw threshold that decides labels, and where it comes from: ``"training"``,
+    ``"training_pixel"``, or a finite number (or its text: the CLI's ``--threshold=12.5``)."""
+    if isinstance(threshold, str) and threshold in ("training", "training_pixel"):
+        kind = "image" if threshold == "training" else "pixel"
+        key = f"{kind}_threshold"
+        value = getattr(calibration, key)
+        if value is None:
             raise ConfigError("threshold 'training_pixel': the training had no masks, so model.json has no pixel "
                               "threshold; use 'training' or a number")
-        return float(calibration.pixel_threshold), "training pixel threshold (model.json)"
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        raise ConfigError(f"threshold '{threshold}': give 'training', 'training_pixel' or a raw score (a number)") from None
+        if not _finite_number(value):
+            raise ConfigError(f"threshold '{threshold}': model.json's {key} is {value!r}, not a finite number; "
+                              f"export the model again, or give a number")
+        return float(value), f"training {kind} threshold (model.json)"
+    value = None
+    if not isinstance(threshold, bool | bytes | bytearray):  # float(True) and float(b"1") would pass
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError, OverflowError):
+            value = None
+    if value is None:
+        raise ConfigError(f"threshold {threshold!r}: give 'training', 'training_pixel' or a raw score (a number)")
     if not math.isfinite(value):
-        raise ConfigError(f"threshold {threshold}: give a finite number")
+        raise ConfigError(f"threshold {threshold!r}: give a finite number")
     return value, "given"
 
 
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: What one image may be, in the one-line errors.
+ONE_IMAGE = "a path, an image file's bytes, a PIL image or a NumPy array (H×W or H×W×C)"
+#: PIL modes whose pixels are the module's rule as they are (bool, 8-bit, RGB(A), float).
+PIL_DIRECT_MODES = ("1", "L", "RGB", "RGBA", "F")
+#: PIL modes with a palette, an alpha or padding channel: converted to RGBA by PIL.
+PIL_RGBA_MODES = ("P", "PA", "LA", "La", "RGBa", "RGBX")
+
+
 def as_rgb(image: Any, source: str = "the image") -> np.ndarray:
-    """A path, PIL image or array (H×W, H×W×C; uint8, uint16 or float; RGB order) as float RGB."""
-    if isinstance(image, str | Path):
+    """One image (see :meth:`Predictor.predict`; arrays and PIL images in RGB order) as float RGB H×W×3 in [0, 1]."""
+    if isinstance(image, str | os.PathLike):
         return read_image_array(image)
-    if hasattr(image, "mode") and hasattr(image, "size") and not isinstance(image, np.ndarray):  # a PIL image
-        if image.mode in ("I;16", "I;16B", "I;16L"):
-            return to_unit_rgb(np.asarray(image, dtype=np.uint16), bgr=False, source=source)
-        return to_unit_rgb(np.asarray(image.convert("RGBA") if image.mode in ("P", "LA", "PA") else image), bgr=False, source=source)
+    if isinstance(image, bytes | bytearray | memoryview):
+        return to_unit_rgb(decode_image(image, source), bgr=True, source=source)
+    if _is_pil(image):
+        return to_unit_rgb(_pil_pixels(image, source), bgr=False, source=source)
     if isinstance(image, np.ndarray):
         return to_unit_rgb(image, bgr=False, source=source)
-    raise ConfigError(f"{source}: cannot predict on a {type(image).__name__}; give a path, a PIL image or a NumPy array")
+    hint = ("; pixels as nested lists: pass np.asarray(pixels, dtype=np.uint8)" if isinstance(image, list | tuple)
+            else "; pass np.asarray(...) of it, channels last" if hasattr(image, "__array__")
+            else "; several images go in a list, in order" if isinstance(image, Iterable) else "")
+    raise ConfigError(f"{source}: cannot predict on a value of type {type(image).__name__}; give {ONE_IMAGE}{hint}")
+
+
+def _is_pil(image: Any) -> bool:
+    return hasattr(image, "mode") and hasattr(image, "size") and hasattr(image, "convert") and not isinstance(image, np.ndarray)
+
+
+def _pil_pixels(image: Any, source: str) -> np.ndarray:
+    """A PIL image's pixels for :func:`to_unit_rgb`, its size checked before a lazily opened file is decoded."""
+    problem = size_problem(*image.size)
+    if problem:
+        raise DatasetError(f"cannot read {source}: it {problem}")
+    mode = image.mode
+    try:
+        if mode.startswith("I;16"):
+            return np.asarray(image).astype(np.uint16)
+        if mode == "I":  # what Pillow gives for 16-bit files of some formats: 32-bit signed
+            pixels = np.asarray(image)
+            low, high = int(pixels.min()), int(pixels.max())
+            if low < 0 or high > 65535:
+                raise DatasetError(f"cannot read {source}: a PIL image in mode 'I' is taken as 16-bit, its values must "
+                                   f"lie in 0-65535, found {low} to {high}; convert it to mode 'L' or 'RGB'")
+            return pixels.astype(np.uint16)
+        if mode in PIL_DIRECT_MODES:
+            return np.asarray(image)
+        if mode in PIL_RGBA_MODES:
+            return np.asarray(image.convert("RGBA"))
+        return np.asarray(image.convert("RGB"))  # other colour models (CMYK, YCbCr, LAB, HSV): Pillow's conversion
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read {source}: PIL cannot give its pixels in RGB ({first_line(error)}); "
+                           f"convert it to mode 'RGB' first") from None
+
+
+def _source_of(image: Any, fallback: str) -> str:
+    """How the one-line errors and the predictions name an image: its path, else its place."""
+    return str(image) if isinstance(image, str | os.PathLike) else fallback
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ConfigError(f"batch_size {batch_size!r}: give a whole number of at least 1")
 
 
 def _is_single(images: Any) -> bool:
+    """True for one image, False for several (a sequence, an iterator or an N×H×W×C array)."""
     if isinstance(images, np.ndarray):
-        # (H, W), (H, W, C) with C ≤ 4: one image; (N, H, W, C) or (N, H, W) with a 4th axis: a batch.
-        return images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3, 4))
-    return not isinstance(images, Sequence | Iterator) or isinstance(images, str)
+        if images.ndim <= 3:
+            return True  # to_unit_rgb explains a 3-D shape that is not H×W×C
+        _check_batch_shape(images.shape)
+        return False
+    if isinstance(images, str | bytes | bytearray | memoryview | os.PathLike) or _is_pil(images):
+        return True
+    if hasattr(images, "__array__"):  # a tensor is iterable, but its rows are not images: as_rgb refuses it
+        return True
+    # A mapping or a set has no order to give the predictions back in: as_rgb refuses it.
+    return not isinstance(images, Iterable) or isinstance(images, Mapping | AbstractSet)
+
+
+def _check_batch_shape(shape: tuple[int, ...]) -> None:
+    """An array of several images is N×H×W×C, C = 1, 3 or 4."""
+    if len(shape) == 4 and shape[3] in IMAGE_CHANNELS:
+        return
+    if len(shape) == 4 and shape[1] in IMAGE_CHANNELS:
+        raise DatasetError(f"the images have shape {shape}, which looks channels-first (N×C×H×W); the channels come "
+                           f"last: pass array.transpose(0, 2, 3, 1)")
+    if len(shape) == 4:
+        raise DatasetError(f"the images have {shape[3]} channels (shape {shape}); a batch is N×H×W×C with C = 1, 3 or 4")
+    raise DatasetError(f"the array has shape {shape} ({len(shape)}-D); give one image (H×W or H×W×C) or several "
+                       f"(N×H×W×C, or a list)")

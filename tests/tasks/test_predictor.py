@@ -119,9 +119,9 @@ def test_wrong_inputs_are_one_line_each(trained, tmp_path):
         predictor.predict(tmp_path / "empty.png")
     with pytest.raises(DatasetError, match="5 channels"):
         predictor.predict(np.zeros((32, 32, 5), dtype=np.uint8)[None])
-    with pytest.raises(DatasetError, match="unsupported pixel type int32"):
-        predictor.predict(np.zeros((32, 32), dtype=np.int32))
-    with pytest.raises(ConfigError, match="cannot predict on a dict"):
+    with pytest.raises(DatasetError, match="int32 pixel values are taken as 8-bit and must lie in 0-255"):
+        predictor.predict(np.full((32, 32), 1000, dtype=np.int32))
+    with pytest.raises(ConfigError, match="cannot predict on a value of type dict"):
         predictor.predict({"image": 1})
     with pytest.raises(ConfigError, match="^Predictor.load path '.*': no model.onnx, model.xml, model.pt in"):
         Predictor.load(tmp_path)
