@@ -1,9 +1,11 @@
-"""Load an exported model (TorchScript or ONNX) with its ``model.json``, checked against each other.
+"""Load an exported model (TorchScript, ONNX or OpenVINO) with its ``model.json``, checked against each other.
 
 Imports torch only for a TorchScript file.
 
 The format comes from the file ending; every problem with the file is one line naming
-``task.model_path``.
+``task.model_path``. The card and the files it names are verified (content hashes, regular files
+inside the folder) by :func:`~quadra_ad.deploy.model_card.locate_exported_model` before any runner
+opens a graph: loading TorchScript runs its code.
 """
 
 import logging
@@ -11,15 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quadra_ad.deploy.model_card import (
-    MODEL_JSON,
-    ONNX_SUFFIXES,
-    OPENVINO_SUFFIXES,
-    ModelCard,
-    file_sha256,
-    locate_exported_model,
-    weights_file,
-)
+from quadra_ad.deploy.model_card import ONNX_SUFFIXES, OPENVINO_SUFFIXES, locate_exported_model
 from quadra_ad.deploy.runners import ExportedModel, OnnxModel, OpenVinoModel, TorchScriptModel, first_line
 from quadra_ad.errors import ConfigError
 
@@ -57,20 +51,6 @@ def _check_against_card(model: ExportedModel) -> None:
         )
 
 
-def _check_card_belongs_to(card: ModelCard, card_path: Path, graph_file: Path) -> None:
-    """Refuse a model.json written for other graph files (swapped in from another run)."""
-    if not card.sha256:
-        log.warning("'%s' predates graph hashes (schema %s): it cannot be checked against '%s'",
-                    card_path, card.schema_version, graph_file.name)
-        return
-    weights = weights_file(graph_file)
-    if not card.describes(graph_file) or (weights is not None and file_sha256(weights) not in card.sha256.values()):
-        raise ConfigError(
-            f"'{card_path}' was written for other graph files than '{graph_file}' (content hash differs: the card "
-            f"comes from another model, or the file changed after export); use the model.json exported with it"
-        )
-
-
 def resolve_device(device: str, graph_format: str) -> str:
     """``cpu`` or ``cuda[:n]``; CUDA must exist, for the runtime that runs ``graph_format``, when asked for."""
     if device == "cpu":
@@ -98,15 +78,14 @@ def load_exported_model(model_path: str | Path, device: str = "cpu", torchscript
     A TorchScript graph on the CPU is optimised for inference; ``torchscript_cache`` keeps the
     checked result beside it for the next load (:mod:`quadra_ad.deploy.torchscript_cache`).
     """
-    path, card = locate_exported_model(model_path)
+    path, card = locate_exported_model(model_path)  # verified before anything is loaded
     suffix = path.suffix.lower()
     model_class = OnnxModel if suffix in ONNX_SUFFIXES else OpenVinoModel if suffix in OPENVINO_SUFFIXES else TorchScriptModel
     device = resolve_device(device, model_class.format)
-    model = model_class(path, card, device)  # an incomplete or foreign file fails here, with its own line
-    _check_card_belongs_to(card, path.parent / MODEL_JSON, path)
+    model = model_class(path, card, device)  # a file that cannot be loaded fails here, with its own line
     if isinstance(model, TorchScriptModel) and device == "cpu":
-        # Before the card check, so that check runs the graph inference will run (and, with a
-        # cached graph, the plain one is never run); a graph the card does not fit is not optimised.
+        # Before the card check, so that check runs the graph inference will run; a graph the
+        # card does not fit is not optimised.
         model.optimize_for_cpu(cache=torchscript_cache)
     _check_against_card(model)
     log.info("Loaded %s model %s (%s, input %s)", model.format, path, card.model_class, card.input_size)

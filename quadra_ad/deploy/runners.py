@@ -77,24 +77,34 @@ class TorchScriptModel(ExportedModel):
         inputs. Kept only when the optimised graph gives the same outputs as the plain one;
         otherwise the plain one stays. With ``cache``, the checked frozen graph (or the verdict that
         optimising does not pay) is kept beside the model and later loads start from it, without
-        freezing or checking again (:mod:`quadra_ad.deploy.torchscript_cache`).
+        freezing again (:mod:`quadra_ad.deploy.torchscript_cache`). The cache lies in the deployment
+        folder, outside the card's hashes, so it cannot be trusted to be what ``model.pt`` computes:
+        at each load the cached graph must give the plain graph's outputs on a fresh random batch,
+        or it is thrown away and rebuilt; the cache can make a load faster, never change what runs.
         """
         import torch
 
         from quadra_ad.deploy.torchscript_cache import cache_key, read_cache, write_cache
 
-        key = cache_key(self.path, self.device) if cache else None
+        key = cache_key(self.path, self.device, self.card.sha256.get(self.format)) if cache else None
         cached = read_cache(self.path, self.device, key) if cache else None
         if cached is not None:
             if cached.frozen is None:
                 log.debug("TorchScript optimisation skipped for %s: it did not pay on this machine before", self.path)
                 return False
             try:
-                self.module = torch.jit.optimize_for_inference(cached.frozen)
-                self.optimized_from_cache = True
-                return True
+                optimized = torch.jit.optimize_for_inference(cached.frozen)
+                example = self._check_batch(1)
+                same = _all_close(_outputs(self.module, example), _outputs(optimized, example))
             except Exception as error:  # noqa: BLE001 - rebuild from the plain graph below
-                log.info("The cached TorchScript graph of %s cannot be optimised (%s): rebuilding it", self.path, first_line(error))
+                log.info("The cached TorchScript graph of %s cannot be used (%s): rebuilding it", self.path, first_line(error))
+            else:
+                if same:
+                    self.module = optimized
+                    self.optimized_from_cache = True
+                    return True
+                log.warning("The cached TorchScript graph beside %s gives other outputs than that model (another "
+                            "model's cache, or altered): ignored and rebuilt", self.path)
         ran, optimized, frozen_bytes = self._optimized_graph()
         if cache and ran:  # a verdict on this graph, not on a card that does not fit it
             write_cache(self.path, self.device, key, frozen_bytes if optimized is not None else None)
@@ -102,6 +112,14 @@ class TorchScriptModel(ExportedModel):
             return False
         self.module = optimized
         return True
+
+    def _check_batch(self, batch: int):
+        """Random images of the card's size, drawn afresh at each load (no input a graph can be
+        prepared for); ``batch`` of them unless the graph takes a fixed number."""
+        import torch
+
+        height, width = self.card.input_size
+        return torch.rand(self.card.fixed_batch_size.get(self.format) or batch, self.card.input_channels, height, width)
 
     def _optimized_graph(self):
         """(whether the plain graph ran on the card's input, the optimised graph or None when it
@@ -114,11 +132,9 @@ class TorchScriptModel(ExportedModel):
 
         import torch
 
-        height, width = self.card.input_size
-        example = torch.rand(self.card.fixed_batch_size.get(self.format) or 2, self.card.input_channels, height, width)
+        example = self._check_batch(2)
         try:
-            with torch.inference_mode():
-                expected = self.module(example)
+            expected = _outputs(self.module, example)
         except Exception as error:  # noqa: BLE001 - the loader's own check reports a graph that cannot run
             log.debug("TorchScript optimisation skipped for %s: %s", self.path, first_line(error))
             return False, None, None
@@ -129,9 +145,7 @@ class TorchScriptModel(ExportedModel):
                 torch.jit.save(torch.jit.freeze(self.module), buffer)
             frozen_bytes = buffer.getvalue()
             optimized = torch.jit.optimize_for_inference(torch.jit.load(io.BytesIO(frozen_bytes), map_location=self.device))
-            with torch.inference_mode():
-                got = optimized(example)
-            same = all(_close(a, b) for a, b in zip(expected, got, strict=True))
+            same = _all_close(expected, _outputs(optimized, example))
         except Exception as error:  # noqa: BLE001 - the plain graph still works
             log.debug("TorchScript optimisation skipped for %s: %s", self.path, first_line(error))
             return True, None, None
@@ -209,6 +223,18 @@ def onnx_session_options():
     # the next batch) then fights them for the cores: 30 % fewer images/s on 2 cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+def _outputs(graph, example) -> tuple:
+    import torch
+
+    with torch.inference_mode():
+        return tuple(graph(example))
+
+
+def _all_close(expected: tuple, got: tuple) -> bool:
+    """The same outputs, each up to float32 reordering."""
+    return len(expected) == len(got) and all(_close(a, b) for a, b in zip(expected, got, strict=True))
 
 
 def _close(expected, got) -> bool:

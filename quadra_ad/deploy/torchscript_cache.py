@@ -1,10 +1,10 @@
 """The frozen TorchScript graph behind the CPU-optimised one, built once and kept beside the model.
 
 Freezing ``model.pt`` and optimising it for CPU inference (``torch.jit.optimize_for_inference``:
-conv+BN folding, oneDNN layouts) gives 1.1-1.2x more images/s, but building it and checking its
-outputs against the plain graph cost seconds at every load (up to 18 s on a busy 2-core machine).
-The first load keeps the frozen graph it checked; later loads read it and only run the cheap
-oneDNN pass again (scripts/torchscript_load.py measures both).
+conv+BN folding, oneDNN layouts) gives 1.1-1.2x more images/s, but building it costs seconds at
+every load (up to 18 s on a busy 2-core machine). The first load keeps the frozen graph it
+checked; later loads read it, run the cheap oneDNN pass again and check that the result gives
+``model.pt``'s outputs on a fresh random batch (scripts/torchscript_load.py measures all three).
 
 Beside ``model.pt`` (hidden, so a deployment folder still lists the exported files only):
 
@@ -20,6 +20,12 @@ A record for another graph, torch, device or CPU is stale; a graph file whose co
 one recorded (truncated, altered) is corrupt: both are ignored, rebuilt and overwritten. Each
 file is written under a temporary name and renamed over its target. A folder that cannot be
 written to (read-only media, permissions, full disk) is no error: the load just rebuilds each time.
+
+Nothing here is covered by model.json's hashes, and a record's hashes sit beside the files they
+describe: whoever swaps the cached graph can rewrite its record to match. So the cache is trusted
+for speed only. What runs is decided by the verified ``model.pt``: a cached graph whose outputs
+differ from it is thrown away (:meth:`~quadra_ad.deploy.runners.TorchScriptModel.optimize_for_cpu`),
+and the worst a swapped verdict can do is keep the plain graph.
 """
 
 import hashlib

@@ -161,7 +161,7 @@ def test_inference_input_size_the_graph_cannot_take(tmp_path, data):
     folder.mkdir()
     (folder / "model.onnx").write_bytes(b"graph")
     ModelCard(model_class="anomalib.models.Padim", input_size=[32, 32], mean=[0.5] * 3, std=[0.2] * 3,
-              calibration=Calibration(1.0, 0.0, 2.0), task_type="classification").write(folder)
+              calibration=Calibration(1.0, 0.0, 2.0), task_type="classification", files={"onnx": "model.onnx"}).write(folder)
     message = _refused(tmp_path, "experiment=base/anomaly/inference", f"task.model_path={folder / 'model.onnx'}",
                        f"datamodule.data_path={data}", "transforms.input_size=[64,64]")
     assert message.startswith("transforms.input_size=[64, 64] but the model was exported for [32, 32]")

@@ -1,4 +1,5 @@
-"""The CPU-optimised TorchScript graph is built once and kept beside model.pt (quadra_ad.deploy.torchscript_cache)."""
+"""The CPU-optimised TorchScript graph is built once and kept beside model.pt (quadra_ad.deploy.torchscript_cache);
+it can make a load faster, never change what runs."""
 
 import json
 import os
@@ -20,25 +21,29 @@ SIZE = 32
 def exported(tmp_path_factory) -> Path:
     """A deployment folder: a PaDiM (resnet18, random weights) fitted on textures, exported to
     TorchScript by the real exporter, with its model card."""
+    return _export_padim(tmp_path_factory.mktemp("torchscript_export"), seed=0)
+
+
+def _export_padim(folder: Path, seed: int) -> Path:
     from anomalib.models.image.padim.torch_model import PadimModel
 
-    from quadra_ad.deploy.model_card import ModelCard, file_sha256
+    from quadra_ad.deploy.model_card import ModelCard
     from quadra_ad.export.graph import AnomalyGraph
     from quadra_ad.export.writers import export_torchscript
     from quadra_ad.testing.synthetic import texture
     from quadra_ad.thresholds import Calibration
 
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     model = PadimModel(backbone="resnet18", layers=["layer1"], pre_trained=False, n_features=16).train()
     with torch.no_grad():
         model(torch.from_numpy(np.stack([texture(rng, SIZE) for _ in range(8)]).transpose(0, 3, 1, 2).copy()).float())
     model.fit()
-    folder = tmp_path_factory.mktemp("torchscript_export")
+    folder.mkdir(parents=True, exist_ok=True)
     path = export_torchscript(AnomalyGraph(model.eval()), torch.zeros(2, 3, SIZE, SIZE), folder)
     ModelCard(model_class="anomalib.models.Padim", input_size=[SIZE, SIZE], mean=[0.5] * 3, std=[0.2] * 3,
-              calibration=Calibration(1.0, 0.0, 2.0), task_type="segmentation", files={"torchscript": path.name},
-              sha256={"torchscript": file_sha256(path)}).write(folder)
+              calibration=Calibration(1.0, 0.0, 2.0), task_type="segmentation", files={"torchscript": path.name}
+              ).write(folder)
     return folder
 
 
@@ -171,3 +176,23 @@ def test_a_read_only_folder_loads_with_or_without_a_cache(request, cache_there):
         assert not [p.name for p in deployment.iterdir() if "partial" in p.name]
     finally:
         _make_writable(deployment)
+
+
+def test_a_swapped_cache_with_a_matching_record_cannot_change_what_runs(cached_deployment, tmp_path, caplog):
+    # Another model's optimised graph put beside model.pt, its record rewritten to name this
+    # model.pt: the record's hashes sit beside what they describe, so only the outputs tell.
+    other = _export_padim(tmp_path / "other", seed=1)
+    load_exported_model(other / "model.pt")
+    frozen, record = cache_paths(cached_deployment / "model.pt", "cpu")
+    other_frozen, other_record = cache_paths(other / "model.pt", "cpu")
+    shutil.copy(other_frozen, frozen)
+    forged = json.loads(other_record.read_text())
+    forged["key"] = _record(cached_deployment)["key"]
+    record.write_text(json.dumps(forged))
+    model = load_exported_model(cached_deployment / "model.pt")
+    assert not model.optimized_from_cache
+    _assert_plain_outputs(model, cached_deployment)
+    assert "gives other outputs than that model" in caplog.text
+    # Rebuilt from this model.pt: the next load uses a cache that is this model's again.
+    assert frozen.read_bytes() != other_frozen.read_bytes()
+    assert load_exported_model(cached_deployment / "model.pt").optimized_from_cache

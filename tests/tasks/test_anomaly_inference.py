@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from quadra_ad.config.compose import compose_config
 from quadra_ad.testing.synthetic import write_synthetic_dataset
 from quadra_ad.errors import ConfigError
-from quadra_ad.deploy.model_card import ModelCard, file_sha256
+from quadra_ad.deploy.model_card import SCHEMA_VERSION, ModelCard, file_sha256
 from quadra_ad.run import run
 from tests.conftest import IMAGE_SIZE
 
@@ -192,6 +192,11 @@ def test_corrupt_model_file_names_the_format(trained, segmentation_dataset, tmp_
     folder = tmp_path / "model"
     shutil.copytree(training.output_dir / "deployment_model", folder)
     (folder / file_name).write_bytes((folder / file_name).read_bytes()[:200])
+    # Its hash gives it away before any runtime opens it ...
+    message = _error(folder / file_name, segmentation_dataset, tmp_path)
+    assert "was written for other graph files" in message and str(folder / file_name) in message
+    # ... and with a card written for the damaged file, the runtime's refusal is one line too.
+    ModelCard.read(folder / "model.json").write(folder)
     message = _error(folder / file_name, segmentation_dataset, tmp_path)
     assert "cannot be loaded as" in message and str(folder / file_name) in message
 
@@ -231,7 +236,7 @@ def test_graph_with_other_outputs_than_model_json_says(trained, segmentation_dat
 def _card_for(folder: Path, graph_file: str) -> ModelCard:
     """The folder's model.json rewritten to name ``graph_file`` as its graph (hash included)."""
     card = ModelCard.read(folder / "model.json")
-    card.sha256 = {"torchscript": file_sha256(folder / graph_file)}
+    card.files = {"torchscript": graph_file}
     card.write(folder)
     return card
 
@@ -316,7 +321,7 @@ def test_model_json_names_the_content_of_each_exported_file(trained):
     folder = training.output_dir / "deployment_model"
     card = ModelCard.read(folder / "model.json")
     assert card.sha256 == {fmt: file_sha256(folder / name) for fmt, name in card.files.items()}
-    assert card.schema_version == 2
+    assert card.schema_version == SCHEMA_VERSION
 
 
 @pytest.mark.parametrize("file_name", ["model.pt", "model.onnx"])
