@@ -8,7 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from quadra_ad.tracking.run_logger import REQUEST_FILE, DamagedRecord, TrackingFailed, upload_request
+from quadra_ad.tracking.run_logger import (REQUEST_FILE, DamagedRecord, RefusedRecord, TrackingFailed,
+                                           upload_request)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         tracked = upload_request(request, args.tracking_uri, args.experiment_name)
+    except RefusedRecord as refused:  # nothing was logged: the record names what it may not
+        print(f"quadra-ad-upload: error: {refused}", file=sys.stderr)
+        return 2
     except DamagedRecord as damaged:
         print(f"quadra-ad-upload: error: {damaged}: the run cannot be uploaded from it (it was cut short, e.g. "
               f"by a full disk); its other files are in '{args.run_folder}'", file=sys.stderr)

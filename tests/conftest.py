@@ -1,6 +1,7 @@
 """Shared fixtures: tiny generated datasets and a fast training config."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ from quadra_ad.testing.synthetic import write_synthetic_dataset
 
 # Keep every test offline: the hub must never be asked for weights.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Keep every test out of the user's home: the store template and the models:/ cache live in
+# XDG_CACHE_HOME, here a temporary folder of this test session (subprocesses inherit it).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="quadra_ad_test_cache_")
+os.environ["QUADRA_AD_MODEL_CACHE"] = os.path.join(os.environ["XDG_CACHE_HOME"], "models")
 
 IMAGE_SIZE = 32
 

@@ -158,9 +158,8 @@ def _log_model(tracking_uri: str, run_id: str, folder: Path, registered_model_na
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
-    # MLflow's warning that a Python object is pickled (ours is a class of this package), its
-    # artifact progress bars and the load of the model it checks the input example with are noise
-    # in a run's output.
+    # MLflow's pyfunc notices, its artifact progress bars and the load of the model it checks the
+    # input example with are noise in a run's output.
     pyfunc_log, loader_log = logging.getLogger("mlflow.pyfunc"), logging.getLogger("quadra_ad.deploy.loader")
     level, loader_level = pyfunc_log.level, loader_log.level
     progress = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")

@@ -179,21 +179,31 @@ def _default_run_name(tags: dict[str, str], output_dir: Path) -> str:
 
 #: What a run record must hold to be uploaded.
 RECORD_KEYS = ("tracking_uri", "experiment_name", "params", "metrics", "artifacts", "tags")
+#: The statuses a record may end a run with (RUNNING: it never completed, logged as FAILED).
+RECORD_STATUSES = ("FINISHED", "FAILED", "KILLED", RUNNING)
 
 
 class DamagedRecord(Exception):
     """A ``mlflow_run.json`` that cannot be read (cut short by a full disk, edited by hand)."""
 
 
+class RefusedRecord(DamagedRecord):
+    """A ``mlflow_run.json`` that reads, but names something it may not: a path outside its run
+    folder, a FIFO, a value of the wrong type. Nothing of it is logged."""
+
+
 def upload_request(request_path: Path, tracking_uri: str | None = None, experiment_name: str | None = None):
     """Log the run described by a ``mlflow_run.json``; return its TrackedRun.
 
-    Raises DamagedRecord when the file cannot be read, TrackingFailed (with the one line to show)
-    when the run cannot be logged. Artifacts the record names but the folder no longer holds are
-    left out and listed in ``TrackedRun.missing_artifacts``.
+    Raises DamagedRecord when the file cannot be read, RefusedRecord when it names a path outside
+    its run folder or holds a value of the wrong type (both before anything is logged),
+    TrackingFailed (with the one line to show) when the run cannot be logged. Artifacts the record
+    names but the folder no longer holds are left out and listed in ``TrackedRun.missing_artifacts``.
     """
     try:
         request = json.loads(Path(request_path).read_text(encoding="utf-8"))
+        if not isinstance(request, dict):
+            raise TypeError(f"it holds a JSON {type(request).__name__}, not an object")
         missing = [key for key in RECORD_KEYS if key not in request]
         if missing:
             raise KeyError(f"no {', '.join(missing)}")
@@ -202,10 +212,121 @@ def upload_request(request_path: Path, tracking_uri: str | None = None, experime
                             f"{str(error).strip().splitlines()[0] if str(error).strip() else 'empty'})") from None
     request["tracking_uri"] = tracking_uri or request["tracking_uri"]
     request["experiment_name"] = experiment_name or request["experiment_name"]
+    problem = record_problem(request, Path(request_path).parent)
+    if problem is not None:
+        raise RefusedRecord(f"'{request_path}': {problem}")
     if request.get("status") == RUNNING:
         request["status"] = "FAILED"
         request["tags"] = {**request["tags"], "quadra_ad.error": STOPPED_WITHOUT_A_WORD}
     return _log_request(request, Path(request_path).parent, Path(request_path))
+
+
+def record_problem(request: dict, run_dir: Path) -> str | None:
+    """Why a run record cannot be uploaded as it is (one line naming the key), or None.
+
+    A record is a file anyone can edit: every path it names must stay inside its run folder once
+    symlinks are resolved, or an upload would copy (hard-link) files such as ``/etc/hostname``
+    into the MLflow store.
+    """
+    return _value_problem(request) or _paths_problem(request, run_dir)
+
+
+def _value_problem(request: dict) -> str | None:
+    """The first key of the record whose value has the wrong type."""
+    def is_number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def is_str_or_none(value) -> bool:
+        return value is None or isinstance(value, str)
+
+    for key in ("tracking_uri", "experiment_name"):
+        if not isinstance(request[key], str) or not request[key].strip():
+            return f"{key} is {request[key]!r}, not a non-empty text"
+    for key in ("run_name", "artifact_location", "live_run_id"):
+        if not is_str_or_none(request.get(key)):
+            return f"{key} is {request[key]!r}, not a text or null"
+    for key in ("params", "tags", "metrics", "metric_history"):
+        if not isinstance(request.get(key, {}), dict):
+            return f"{key} is a {type(request[key]).__name__}, not a JSON object"
+    for name, value in request["metrics"].items():
+        if not is_number(value):
+            return f"metrics[{name!r}] is {value!r}, not a number"
+    for name, points in request.get("metric_history", {}).items():
+        if not isinstance(points, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(map(is_number, p)) for p in points):
+            return f"metric_history[{name!r}] is not a list of [step, value] number pairs"
+    if not isinstance(request["artifacts"], list):
+        return f"artifacts is a {type(request['artifacts']).__name__}, not a list of paths"
+    if request.get("status", "FINISHED") not in RECORD_STATUSES:
+        return f"status is {request['status']!r}, not one of {', '.join(RECORD_STATUSES)}"
+    model = request.get("model")
+    if model is not None and (not isinstance(model, dict) or "folder" not in model
+                              or not is_str_or_none(model.get("registered_model_name"))):
+        return "model is not null nor an object with a 'folder' path (and a registered_model_name text or null)"
+    return None
+
+
+def _paths_problem(request: dict, run_dir: Path) -> str | None:
+    """The first path the record names that is not a file or folder inside ``run_dir``."""
+    root = run_dir.resolve()
+    named = [(f"artifacts[{index}]", path) for index, path in enumerate(request["artifacts"])]
+    if request.get("model") is not None:
+        named.append(("model.folder", request["model"]["folder"]))
+    for key, value in named:
+        problem = _path_problem(value, root)
+        if problem is None and key == "model.folder" and (root / value).exists() and not (root / value).is_dir():
+            problem = "is not a folder (a deployment_model folder is expected)"
+        if problem is None and key != "model.folder" and Path(value).suffix and (root / value).is_dir():
+            problem = "is a folder, but its name is a file's (a file artifact was expected)"
+        if problem is not None:
+            return (f"{key} {value!r} {problem}: a run record may only name files and folders inside its run folder "
+                    f"'{run_dir}'; remove that entry from the record")
+    return None
+
+
+def _path_problem(value, root: Path) -> str | None:
+    """Why ``value`` (a path relative to the run folder ``root``) may not be uploaded, or None.
+
+    A path that does not exist is no problem here: it is left out and reported as missing.
+    """
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__}, not a path"
+    if "\x00" in value:
+        return "holds a NUL byte"
+    if not value.strip() or Path(value).is_absolute():
+        return "is not a relative path"
+    path = root / value
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return "cannot be resolved (a symlink loop?)"
+    if resolved == root or not resolved.is_relative_to(root):
+        return "is outside the run folder (symlinks resolved)" if resolved != root else "is the run folder itself"
+    if not path.exists():
+        return None
+    if path.is_dir():
+        return _folder_problem(path, root)
+    return None if path.is_file() else "is neither a regular file nor a folder (a FIFO, socket or device)"
+
+
+def _folder_problem(folder: Path, root: Path) -> str | None:
+    """Why a folder artifact may not be uploaded: an entry in it that links outside the run folder,
+    or that is not a regular file (walked without opening any file)."""
+    import os
+
+    for parent, folders, files in os.walk(folder):
+        for name in folders + files:
+            entry = Path(parent) / name
+            try:
+                resolved = entry.resolve()
+            except (OSError, RuntimeError):
+                return f"holds '{entry.relative_to(root)}', which cannot be resolved (a symlink loop?)"
+            if not resolved.is_relative_to(root):
+                return f"holds '{entry.relative_to(root)}', which links outside the run folder"
+            if name in files and entry.exists() and not entry.is_file():
+                return (f"holds '{entry.relative_to(root)}', neither a regular file nor a folder "
+                        f"(a FIFO, socket or device)")
+    return None
 
 
 def _model_to_log(request: dict, run_dir: Path) -> tuple[Path, str | None] | None:

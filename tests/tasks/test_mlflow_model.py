@@ -16,10 +16,24 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from quadra_ad.deploy import Predictor
+from quadra_ad.deploy.model_uri import CACHE_ENV, CACHE_LIMIT_ENV
 from quadra_ad.errors import ConfigError
 from quadra_ad.run import run
 from quadra_ad.tracking.mlflow_model import encode_image_file
 from tests.conftest import training_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def model_cache(tmp_path_factory):
+    """Models fetched by URI are cached in a temporary folder, not the user's cache folder."""
+    folder = tmp_path_factory.mktemp("model_cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV)
+    else:
+        os.environ[CACHE_ENV] = previous
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +60,7 @@ def test_the_run_logs_and_registers_its_model_which_mlflow_loads_and_predicts_wi
     mlflow.set_tracking_uri(tracking_uri)
     try:
         model = mlflow.pyfunc.load_model("models:/bottle/1")
-        assert model.metadata.signature.inputs.input_names() == ["image", "array"]
+        assert [p.name for p in model.metadata.get_params_schema().params] == ["array_dtype"]
         out = model.predict(pd.DataFrame({"image": [encode_image_file(r["image_path"]) for r in rows]}))
         # The same images as pixels: 8-bit (the default), 16-bit and float, mixed with files in one table.
         rgb = [_rgb8(r["image_path"]) for r in rows]
@@ -73,7 +87,7 @@ def _rgb8(path: str):
     ({"image": ["bm90IGFuIGltYWdl"]}, None, "cannot read row 0 ('image' must be a base64-encoded image file)"),
     ({"image": ["***"]}, None, "it is not base64"),
     ({"image": [None], "array": [None]}, None, "row 0: give exactly one of 'image'"),
-    ({"array": [[[300, 0], [0, 0]]]}, None, "values must lie in 0-255 for array_dtype=uint8 (found 0 to 300)"),
+    ({"array": [[[300] + [0] * 7] * 8]}, None, "values must lie in 0-255 for array_dtype=uint8 (found 0 to 300)"),
     ({"array": [[[1, 2], [3]]]}, None, "'array' must be nested lists of numbers"),
     ({"array": [[[0.5, 0.5], [0.5, 0.5]]]}, {"array_dtype": "int8"}, "params.array_dtype='int8'"),
 ])
@@ -149,7 +163,7 @@ def test_mlflow_models_serve_answers_with_the_training_runs_scores(registered, t
         arrays = {"dataframe_records": [{"array": (_rgb8(r["image_path"]) / 255.0).tolist()} for r in rows],
                   "params": {"array_dtype": "float"}}
         answers = [_post(port, body) for body in (files, arrays)]
-        status, refusal = _post(port, {"dataframe_records": [{"array": [[256]]}]})
+        status, refusal = _post(port, {"dataframe_records": [{"array": [[256] * 8] * 8}]})
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
@@ -206,3 +220,107 @@ def test_the_embedded_store_keeps_one_copy_of_every_file(registered):
     # Still an ordinary MLflow artifact: downloaded as a file with the same bytes.
     downloaded = client.download_artifacts(run.info.run_id, "deployment_model/model.json", str(task.output_dir.parent / "dl"))
     assert Path(downloaded).read_bytes() == (folder / "model.json").read_bytes()
+
+
+def test_the_logged_model_holds_no_pickle_but_our_model_from_code_file(registered):
+    """Loading a model runs no pickle: MLflow runs the copied pyfunc_model.py instead (it is code, as TorchScript is)."""
+    from quadra_ad.tracking.mlflow_writer import local_artifact_path
+
+    task, tracking_uri = registered
+    client = MlflowClient(tracking_uri)
+    (model,) = client.search_logged_models(experiment_ids=[task.tracked_run.experiment_id])
+    root = local_artifact_path(model.artifact_location)  # MLmodel, the code, artifacts/deployment_model/…
+    files = [p for p in root.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert "pyfunc_model.py" in names and "MLmodel" in names
+    assert not [p for p in files if p.suffix in (".pkl", ".pickle") or "pickle" in p.name.lower()]
+    config = mlflow.models.Model.load(str(root))
+    assert config.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+
+
+def _new_folders_and_bytes(folder: Path) -> tuple[int, int]:
+    entries = list(folder.rglob("*"))
+    return sum(p.is_dir() for p in entries), sum(p.stat().st_size for p in entries if p.is_file())
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """(model cache, temp folder), both empty: what a load leaves behind is all there is in them."""
+    import tempfile
+
+    cache, temp = tmp_path / "cache", tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    return cache, temp
+
+
+def test_a_second_load_of_a_version_downloads_nothing_and_the_temp_folder_keeps_nothing(registered, empty_cache):
+    task, tracking_uri = registered
+    cache, temp = empty_cache
+    rows = _labelled_rows(task.output_dir)[:3]
+    first = Predictor.load("models:/bottle/1", tracking_uri=tracking_uri)
+    (entry,) = cache.iterdir()
+    graph = entry / "model.onnx"
+    downloaded = graph.stat()
+    MlflowClient(tracking_uri).set_registered_model_alias("bottle", "champion", "1")
+    for uri in ("models:/bottle/1", "models:/bottle@champion"):  # an alias of the same version: the same files
+        again = Predictor.load(uri, tracking_uri=tracking_uri)
+        assert [p.score for p in again.predict([r["image_path"] for r in rows])] == \
+            [p.score for p in first.predict([r["image_path"] for r in rows])]
+    assert list(cache.iterdir()) == [entry]
+    assert (graph.stat().st_ino, graph.stat().st_mtime_ns) == (downloaded.st_ino, downloaded.st_mtime_ns)
+    assert _new_folders_and_bytes(temp)[0] == 0 and _new_folders_and_bytes(temp)[1] < 4096
+
+
+@pytest.mark.parametrize("uri", ["models:/bottle/7", "models:/no_such_model/1", "models:/bottle@no_alias",
+                                 "runs:/0123456789abcdef/model"])
+def test_a_failed_lookup_leaves_nothing_in_the_cache_or_the_temp_folder(registered, empty_cache, uri):
+    _, tracking_uri = registered
+    cache, temp = empty_cache
+    with pytest.raises(ConfigError, match="cannot be fetched from the MLflow store"):
+        Predictor.load(uri, tracking_uri=tracking_uri)
+    assert not cache.exists() or list(cache.iterdir()) == []
+    assert _new_folders_and_bytes(temp)[0] == 0
+
+
+def test_the_cache_keeps_the_recently_used_models_within_its_size_limit(registered, empty_cache, monkeypatch):
+    task, tracking_uri = registered
+    cache, _ = empty_cache
+    by_run = f"runs:/{task.tracked_run.run_id}/model"  # the same files under another key
+    Predictor.load("models:/bottle/1", tracking_uri=tracking_uri)
+    Predictor.load(by_run, tracking_uri=tracking_uri)
+    assert len(list(cache.iterdir())) == 2
+    monkeypatch.setenv(CACHE_LIMIT_ENV, "0")  # room for the model in use only
+    newest = Predictor.load(by_run, tracking_uri=tracking_uri)
+    assert list(cache.iterdir()) == [Path(newest.model.path).parent]
+    monkeypatch.setenv(CACHE_LIMIT_ENV, "lots")
+    with pytest.raises(ConfigError, match=f"^{CACHE_LIMIT_ENV}='lots': give the model cache's size limit in megabytes"):
+        Predictor.load(by_run, tracking_uri=tracking_uri)
+
+
+def test_a_cached_model_is_still_checked_against_its_card(registered, empty_cache):
+    _, tracking_uri = registered
+    cache, _ = empty_cache
+    Predictor.load("models:/bottle/1", tracking_uri=tracking_uri)
+    (graph,) = cache.glob("*/model.onnx")
+    tampered = graph.read_bytes() + b"\0"
+    graph.unlink()  # a new file: the download may share its bytes with the run folder
+    graph.write_bytes(tampered)
+    with pytest.raises(ConfigError, match="content hash differs"):
+        Predictor.load("models:/bottle/1", tracking_uri=tracking_uri)
+
+
+def test_two_processes_loading_one_model_at_once_share_one_whole_copy(registered, empty_cache):
+    _, tracking_uri = registered
+    cache, _ = empty_cache
+    script = ("import sys; from quadra_ad.deploy import Predictor; "
+              "print(Predictor.load(sys.argv[1], tracking_uri=sys.argv[2]).model.path)")
+    env = {**os.environ, CACHE_ENV: str(cache)}
+    loads = [subprocess.Popen([sys.executable, "-c", script, "models:/bottle/1", tracking_uri], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    answers = [load.communicate(timeout=120) for load in loads]
+    assert [load.returncode for load in loads] == [0, 0], [err[-2000:] for _, err in answers]
+    paths = {out.strip().splitlines()[-1] for out, _ in answers}
+    (entry,) = cache.iterdir()
+    assert paths == {str(entry / "model.onnx")}
