@@ -12,6 +12,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from quadra_ad.config.validation import validate_values
+from quadra_ad.datamodules.augmentations import check_augmentations
+from quadra_ad.models.backbone_weights import check_backbone_weights_file
 from quadra_ad.errors import ConfigError
 
 #: The datamodule whose folder the user gives (the digit datamodules write their own).
@@ -68,6 +70,8 @@ def check_dataset_folder(cfg: DictConfig) -> None:
 def check_before_run(cfg: DictConfig) -> None:
     """Raise the one-line error of the first kind of mistake found; return when the run can start."""
     validate_values(cfg)
+    check_augmentations(cfg)
+    check_backbone_weights_file(cfg)
     check_working_directory()
     if OmegaConf.select(cfg, "task._target_") == INFERENCE_TASK and cfg.datamodule.get("_target_") != FOLDER_DATAMODULE:
         _inference_preparation(cfg)

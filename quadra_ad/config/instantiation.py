@@ -5,6 +5,7 @@ When that fails because of the config, the error names the key at fault, in one 
 """
 
 import logging
+import re
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -50,10 +51,25 @@ def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         cause = _root_cause(error)
         if isinstance(cause, QuadraADError):
             raise cause from None
+        at_fault = _key_at_fault(error, key)
         if "Error locating target" in str(error) or isinstance(cause, ImportError):
+            located = re.search(r"Error locating target '([^']+)'", str(error))
             raise ConfigError(
-                f"{key}._target_: cannot import '{target}'; check the spelling of the class path"
+                f"{at_fault}._target_: cannot import '{located.group(1) if located else target}'; check the "
+                f"spelling of the class path"
             ) from error
         if isinstance(cause, TypeError) and "argument" in str(cause):
-            raise ConfigError(f"{key}: {cause} (check the keys under '{key}')") from error
+            raise ConfigError(f"{at_fault}: {cause} (check the keys under '{at_fault}')") from error
+        if isinstance(cause, ValueError) or type(cause).__name__ == "MisconfigurationException":
+            # The constructor refused a value of the config: its own words, on one line.
+            from quadra_ad.deploy.runners import first_line
+
+            raise ConfigError(f"{at_fault}: {first_line(cause)} (check the values under '{at_fault}')") from error
         raise
+
+
+def _key_at_fault(error: InstantiationException, key: str) -> str:
+    """The config path of the node that failed (hydra's ``full_key``: a nested node, such as a
+    callback's, rather than the whole ``key``); ``key`` when it names none."""
+    found = re.search(r"full_key: (\S+)", str(error))
+    return found.group(1) if found else key

@@ -186,11 +186,87 @@ PLUGINS = {
 }
 
 
+#: Every choice of Hydra's launcher and sweeper groups: Hydra's own, then the plugins' (PLUGINS
+#: says which package each needs).
+HYDRA_CHOICES = {
+    "hydra/launcher": ("basic", "joblib", "submitit_local", "submitit_slurm", "ray", "ray_aws"),
+    "hydra/sweeper": ("basic", "optuna"),
+}
+PLUGINS["hydra/launcher=ray_aws"] = PLUGINS["hydra/launcher=ray"]
+
+
 def check_plugins(args: list[str]) -> None:
-    """A launcher or sweeper whose plugin is not installed: one line, before Hydra's traceback."""
+    """A launcher or sweeper that does not exist, or whose plugin is not installed, and launcher
+    settings it does not take: one line, before Hydra's traceback (also for ``-m`` runs, which
+    Hydra composes itself)."""
     import importlib.util
 
     for arg in args:
+        _check_hydra_choice(arg)
         plugin = PLUGINS.get(arg.lstrip("+").replace(" ", ""))
         if plugin is not None and importlib.util.find_spec(plugin[0]) is None:
             raise ConfigError(f"{arg.lstrip('+')} needs {plugin[1]}, which is not installed: pip install 'quadra_ad[scale]'")
+    check_launcher_settings(args)
+
+
+def _check_hydra_choice(arg: str) -> None:
+    key, _, value = arg.lstrip("+~").partition("=")
+    options = HYDRA_CHOICES.get(key.strip())
+    if options is None or any(m in value for m in _SWEEP_MARKERS):
+        return
+    for choice in value.split(","):
+        if choice.strip() not in options:
+            close = difflib.get_close_matches(choice.strip(), options, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"{key}={choice}: no such {key.split('/')[1]}; {hint}the {key.split('/')[1]}s are "
+                              f"{', '.join(options)}")
+
+
+#: Launcher settings whose values the plugin accepts but cannot run with: key → (check, what it takes).
+#: joblib's n_jobs=0 fails inside the sweep; -1 (joblib: one job per CPU core) is the plugin's default.
+LAUNCHER_VALUES = {
+    "n_jobs": (lambda v: isinstance(v, int) and (v >= 1 or v == -1), "a whole number >= 1, or -1 for one job per CPU core"),
+    "timeout_min": (lambda v: isinstance(v, int) and v >= 1, "a whole number of minutes >= 1"),
+    "array_parallelism": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
+}
+
+
+def _chosen_launcher(args: list[str]) -> str | None:
+    chosen = [a.lstrip("+~").partition("=")[2] for a in args if a.lstrip("+~").partition("=")[0] == "hydra/launcher"]
+    return chosen[-1] if chosen else None
+
+
+def check_launcher_settings(args: list[str]) -> None:
+    """``hydra.launcher.<key>=<value>``: a key the chosen launcher does not have, or a value it cannot run."""
+    import dataclasses
+
+    from quadra_ad.config.launchers import launcher_presets
+
+    settings = [a.lstrip("+~") for a in args if a.lstrip("+~").startswith("hydra.launcher.") and "=" in a]
+    if not settings:
+        return
+    launcher = _chosen_launcher(args)
+    preset = launcher_presets().get(launcher) if launcher else None
+    known = [f.name for f in dataclasses.fields(preset) if not f.name.startswith("_")] if preset is not None else None
+    for setting in settings:
+        key, _, text = setting.partition("=")
+        name = key.removeprefix("hydra.launcher.")
+        if known is not None and name.split(".")[0] not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean hydra.launcher.{close[0]}? " if close else ""
+            raise ConfigError(f"{key}: hydra/launcher={launcher} has no setting '{name}'; {hint}it takes {', '.join(known)}")
+        rule = LAUNCHER_VALUES.get(name)
+        if rule is not None and not any(m in text for m in _SWEEP_MARKERS):
+            value = _override_value(text)
+            if not rule[0](value) or isinstance(value, bool):
+                raise ConfigError(f"{key}={text} (takes {rule[1]}): fix it on the command line")
+
+
+def _override_value(text: str):
+    """An override's value as Hydra reads it (``2`` a number, ``abc`` a string)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(f"x={text}").value()
+    except Exception:  # noqa: BLE001 - check_override_syntax reports what Hydra cannot read
+        return text

@@ -7,14 +7,19 @@ values (``???``) are reported the way the instantiation reports them.
 """
 
 import difflib
+import functools
 import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from quadra_ad.config.instantiation import missing_value_error
+from quadra_ad.config.locations import config_dir
 from quadra_ad.errors import ConfigError
 
 #: The deepest feature map of the supported backbones is 1/32 of the input.
@@ -91,6 +96,36 @@ def _strategy_hint(value: Any) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+#: Lightning accelerators a run can ask for (``gpu`` and ``cuda`` need a GPU on the machine).
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+GPU_ACCELERATORS = ("gpu", "cuda")
+#: Kept in step with quadra_ad/export/writers.py (which imports torch; a test compares them).
+EXPORT_TYPES = ("torchscript", "onnx", "openvino")
+MIN_ONNX_OPSET = 7
+#: Kept in step with quadra_ad/models/patchcore.py (a test compares them).
+CORESET_SAMPLERS = ("fast", "anomalib")
+#: URI schemes MLflow's tracking store takes (its registry refuses others after the training).
+TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _run_name(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != "" and not any(c in value for c in "/\\")
+
+
+def _layer_list(value: Any) -> bool:
+    # Names for CNN backbones (layer2), block indices for the ViT ones (general_ad, rad, l2bt).
+    return (_sequence(value) and len(value) > 0
+            and all((isinstance(v, str) and v != "") or _whole(v) for v in value))
+
+
+def _tracking_uri(value: Any) -> bool:
+    if not isinstance(value, str) or not value.strip():
+        return False
+    scheme, separator, _ = value.partition("://")
+    scheme = scheme.split("+", 1)[0]  # postgresql+psycopg2://
+    return not separator or scheme in TRACKING_SCHEMES or len(scheme) == 1  # C://… on Windows
+
+
 @dataclass(frozen=True)
 class Rule:
     """``key`` takes values for which ``accepts`` is true, described for the user by ``takes``."""
@@ -103,6 +138,9 @@ class Rule:
 
 RULES = (
     Rule("core.seed", _whole, "a whole number"),
+    Rule("core.name", _run_name, "a non-empty name without / or \\ (it names the run folder and the MLflow experiment)"),
+    Rule("trainer.accelerator", lambda v: v in ACCELERATORS, f"one of {', '.join(ACCELERATORS)}"),
+    Rule("trainer.deterministic", lambda v: isinstance(v, bool) or v == "warn", "true, false or warn"),
     Rule("trainer.max_epochs", lambda v: _whole(v) and v >= 1, "a whole number >= 1", nullable=True),
     Rule("trainer.check_val_every_n_epoch", lambda v: _whole(v) and v >= 1, "a whole number >= 1", nullable=True),
     Rule("trainer.num_sanity_val_steps", lambda v: _whole(v) and v >= -1, "a whole number >= -1", nullable=True),
@@ -142,8 +180,14 @@ RULES = (
     Rule("task.threshold_rule", lambda v: v in ("f1", "manual", "target_fpr", "good_percentile"),
          "f1, manual, target_fpr or good_percentile"),
     Rule("task.training_threshold_type", lambda v: v in ("image", "pixel"), "image or pixel"),
-    Rule("export.types", lambda v: _sequence(v) and all(isinstance(t, str) for t in v),
-         "a list such as [torchscript, onnx] (or [] for none)", nullable=True),
+    Rule("export.types", lambda v: _sequence(v) and all(t in EXPORT_TYPES for t in v),
+         f"a list of {', '.join(EXPORT_TYPES)} such as [torchscript, onnx] (or [] for none)", nullable=True),
+    Rule("export.onnx_opset", lambda v: _whole(v) and v >= MIN_ONNX_OPSET,
+         f"a whole number >= {MIN_ONNX_OPSET}, or null for the exporter's default", nullable=True),
+    Rule("model.layers", _layer_list, "a non-empty list of layer names, e.g. [layer2, layer3]", nullable=True),
+    Rule("model.coreset_sampler", lambda v: v in CORESET_SAMPLERS, " or ".join(CORESET_SAMPLERS)),
+    Rule("logger.mlflow.tracking_uri", _tracking_uri,
+         f"an MLflow URI: {', '.join(s + '://' for s in TRACKING_SCHEMES)}… or a folder path", nullable=True),
 )
 
 #: Config groups whose mandatory values (``???``) must be set before a run starts.
@@ -154,6 +198,151 @@ def _shown(value: Any) -> str:
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value)
     return repr(value) if isinstance(value, str) else str(value)
+
+
+#: The feature maps (timm ``feature_info``: module name → channels) of the backbones we ship a
+#: config for, so that ``model.layers`` is checked without importing torch. Other timm backbones
+#: are checked when the model is built (quadra_ad/models/factory.py); a test compares this to timm.
+BACKBONE_FEATURES = {
+    "resnet18": {"act1": 64, "layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512},
+    "resnet50": {"act1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048},
+    "wide_resnet50_2": {"act1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048},
+    "efficientnet_lite0": {"blocks.0": 16, "blocks.1": 24, "blocks.2": 40, "blocks.4": 112, "blocks.6": 320},
+}
+
+
+def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    return OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
+
+
+def unknown_layer_message(key: str, value: Any, backbone: str, available: list[str]) -> str | None:
+    """The mistake line for layer names in ``value`` (one name or a list) that ``backbone`` does
+    not have (anomalib drops them with a warning and trains on the others, or on none); None when
+    all exist or the value holds no names."""
+    names = [value] if isinstance(value, str) else list(value) if _sequence(value) else []
+    unknown = [name for name in names if isinstance(name, str) and name not in available]
+    if not unknown:
+        return None
+    close = difflib.get_close_matches(unknown[0], available, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return (f"{key}={_shown(value)}: backbone {backbone} has no layer {', '.join(unknown)}{hint}; "
+            f"its layers are {', '.join(available)}")
+
+
+def layer_mistakes(cfg: DictConfig) -> list[str]:
+    """``model.layers`` / ``model.layer`` names the backbone does not have; ``model.n_features``
+    above what PaDiM's layers give."""
+    backbone = _select(cfg, "model.backbone")
+    features = BACKBONE_FEATURES.get(backbone) if isinstance(backbone, str) else None
+    if features is None:
+        return []
+    mistakes = []
+    for key in ("model.layers", "model.layer"):
+        if message := unknown_layer_message(key, _select(cfg, key), backbone, list(features)):
+            mistakes.append(message)
+    layers = _select(cfg, "model.layers")
+    n_features = _select(cfg, "model.n_features")
+    if (not mistakes and str(_select(cfg, "model._target_", "")).endswith(".Padim") and _whole(n_features)
+            and _layer_list(layers) and n_features > (most := sum(features[name] for name in layers))):
+        mistakes.append(f"model.n_features={n_features}: layers {_shown(layers)} of {backbone} give {most} features; "
+                        f"take at most {most}, or null for PaDiM's default")
+    return mistakes
+
+
+@functools.cache
+def _training_task_defaults() -> DictConfig:
+    return OmegaConf.load(config_dir() / "task" / "anomaly_training.yaml")
+
+
+def threshold_mistakes(cfg: DictConfig) -> list[str]:
+    """Threshold keys that contradict ``task.threshold_rule`` or that it would ignore (the same
+    rules as the training task applies, checked before torch is imported)."""
+    rule = _select(cfg, "task.threshold_rule")
+    if rule is None:
+        return []
+    manual = _select(cfg, "task.manual_image_threshold")
+    if rule == "f1" and manual is not None:
+        rule = "manual"  # as in Quadra: a manual threshold alone picks the manual rule
+    if rule == "manual" and manual is None:
+        return ["task.threshold_rule=manual needs task.manual_image_threshold=<score>"]
+    if rule != "manual" and manual is not None:
+        return [f"task.manual_image_threshold is set but task.threshold_rule={rule}: give one of the two"]
+    if _select(cfg, "task.manual_threshold_normalized") and manual is None:
+        return ["task.manual_threshold_normalized=true applies to task.manual_image_threshold, which is not set"]
+    defaults = _training_task_defaults()
+    for key in ("target_fpr", "good_percentile"):
+        value = _select(cfg, f"task.{key}")
+        if rule != key and value is not None and value != defaults.get(key):
+            return [f"task.{key}={_shown(value)} has no effect with task.threshold_rule={rule}: add "
+                    f"task.threshold_rule={key} to use it, or remove task.{key}"]
+    return []
+
+
+def gpus_visible() -> bool:
+    """Whether this machine shows a GPU device, told without torch (which takes seconds to import).
+
+    Linux exposes NVIDIA GPUs as /dev/nvidia<N> (containers too), AMD ones through /dev/kfd and
+    WSL's through /dev/dxg. Elsewhere we cannot tell cheaply, and Lightning decides.
+    """
+    if not sys.platform.startswith("linux"):
+        return True
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    dev = Path("/dev")
+    return any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists() or (dev / "dxg").exists()
+
+
+def accelerator_mistakes(cfg: DictConfig) -> list[str]:
+    """A GPU trainer on a machine without GPUs (Lightning's own error is a traceback)."""
+    accelerator = _select(cfg, "trainer.accelerator")
+    if accelerator not in GPU_ACCELERATORS or gpus_visible():
+        return []
+    if _select(cfg, "trainer.strategy") in STRATEGIES[1:]:
+        return [f"trainer=ddp (trainer.accelerator={accelerator}) runs one process per GPU and this machine has no GPU: "
+                f"use trainer=ddp_cpu for DDP on CPU processes, or trainer=cpu"]
+    return [f"trainer.accelerator={accelerator} needs a GPU and this machine has none: use trainer=cpu"]
+
+
+@functools.cache
+def top_level_sections() -> tuple[str, ...]:
+    """The sections a composed config may have at its top: the groups of the root config.yaml's
+    defaults list and its own keys."""
+    root = OmegaConf.load(config_dir() / "config.yaml")
+    names = {str(key) for key in root if key != "defaults"}
+    for entry in root.get("defaults", []):
+        group = (next(iter(entry)) if isinstance(entry, DictConfig) else str(entry)).split()[-1].split("@")[0]
+        if group not in ("_self_", "experiment") and not _fills_another_package(group):
+            names.add(group)
+    return tuple(sorted(names))
+
+
+def _fills_another_package(group: str) -> bool:
+    """A group whose files say ``# @package <other>`` (augmentation fills transforms)."""
+    for path in sorted((config_dir() / group).glob("*.yaml"))[:1]:
+        header = path.read_text(encoding="utf-8").split("\n", 1)[0]
+        return header.startswith("# @package") and header.split()[-1] != group
+    return False
+
+
+def unknown_section_mistakes(cfg: DictConfig) -> list[str]:
+    """A top-level key no group fills (``modle:`` in an experiment file): Hydra merges it silently
+    and nothing ever reads it."""
+    known = top_level_sections()
+    mistakes = []
+    for key in cfg:
+        if str(key) in known:
+            continue
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        mistakes.append(f"'{key}' is not a section of the config (an experiment file or a +{key} override adds it): "
+                        f"{hint}the sections are {', '.join(known)}")
+    return mistakes[:1]
+
+
+#: Checks of keys that must agree with each other, after each key's own value passed its rule.
+CONSISTENCY_CHECKS = (accelerator_mistakes, layer_mistakes, threshold_mistakes,
+                      unknown_section_mistakes)
 
 
 def validate_values(cfg: DictConfig) -> None:
@@ -175,5 +364,8 @@ def validate_values(cfg: DictConfig) -> None:
         also = f"; and {missing[0]}" if missing else ""
         raise ConfigError(f"{'; '.join(wrong)}: fix {'these values' if len(wrong) > 1 else 'the value'} on the "
                           f"command line or in the experiment file{also}")
+    for check in CONSISTENCY_CHECKS:
+        if mistakes := check(cfg):
+            raise ConfigError(mistakes[0])
     if missing:
         raise missing[0]

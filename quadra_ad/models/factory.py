@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from quadra_ad.config.instantiation import instantiate_node
 from quadra_ad.errors import ConfigError
@@ -81,7 +81,38 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
     return model
 
 
+def check_backbone_layers(cfg: DictConfig) -> None:
+    """``model.layers`` the backbone does not have, for backbones the checks before the run do not
+    know: anomalib would drop them with a warning and train on the rest (or fail on none)."""
+    from quadra_ad.config.validation import BACKBONE_FEATURES, unknown_layer_message
+
+    backbone = cfg.model.get("backbone")
+    if not isinstance(backbone, str) or backbone in BACKBONE_FEATURES:
+        return
+    for key in ("layers", "layer"):
+        value = cfg.model.get(key)
+        if not isinstance(value, str | ListConfig) or not value:
+            continue
+        available = _feature_names(backbone)
+        if available and (message := unknown_layer_message(f"model.{key}", value, backbone, available)):
+            raise ConfigError(message)
+
+
+def _feature_names(backbone: str) -> list[str]:
+    """The feature maps timm offers for ``backbone`` (built on the meta device: no memory, no
+    weights); empty when timm does not know it (the model's build then says so)."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            extractor = timm.create_model(backbone, pretrained=False, features_only=True)
+    except Exception:  # noqa: BLE001 - not a timm CNN: nothing to check here
+        return []
+    return [info["module"] for info in extractor.feature_info.info]
+
+
 def _build_model(cfg: DictConfig) -> torch.nn.Module:
+    check_backbone_layers(cfg)
     backbone = cfg.get("backbone") or {}
     has_switch = "pre_trained" in cfg.model
     # Models without a pre_trained argument always download: backbone.pre_trained decides for them.
