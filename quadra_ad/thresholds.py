@@ -5,13 +5,16 @@ Normalised scores map the threshold to 0.5 and the validation range to a width o
 clipping, so ranking (and AUROC) is never lost.
 
 A :class:`Calibration` travels unchanged from the validation step (the score collector) to the
-model card (``model.json``), the report, the heatmaps and the inference task. This module needs
+model card (``model.json``), the report, the heatmaps and the inference task. It says how each
+threshold was really set (``image_threshold_rule``, ``pixel_threshold_rule``): the rule asked for
+is not always the one that could apply (F1 needs anomalous images), and every place that names
+a threshold's rule (log, metrics.json, report, MLflow, model.json) reads it from there. This module needs
 NumPy only (scikit-learn when a threshold is computed), so a runtime without torch can read it.
 """
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,7 +41,7 @@ def f1_optimal_threshold(scores: Any, labels: Any) -> float:
         raise ValueError("f1_optimal_threshold needs at least one score")
     positives = int(labels.sum())
     if positives == 0:
-        log.warning("No anomalous samples to tune a threshold on: using the highest normal score.")
+        log.warning("No anomalous samples to tune a threshold on: it is put just above the highest normal score.")
         # Next float32 up, so the comparison agrees whether done in float32 or float64.
         return float(np.nextafter(np.float32(scores.max()), np.float32(math.inf)))
     if positives == labels.size:
@@ -69,7 +72,8 @@ class Calibration:
     """Raw thresholds and score ranges: what labels images and pixels, and what normalises scores.
 
     ``pixel_*`` are None when the images had no masks (no pixel threshold) or the model has no
-    anomaly map (no pixel range).
+    anomaly map (no pixel range). ``*_threshold_rule`` says in words how that threshold was set
+    (None when unknown, e.g. a card written before they existed); equality compares the numbers only.
     """
 
     image_threshold: float
@@ -78,6 +82,8 @@ class Calibration:
     pixel_threshold: float | None = None
     pixel_min: float | None = None
     pixel_max: float | None = None
+    image_threshold_rule: str | None = field(default=None, compare=False)
+    pixel_threshold_rule: str | None = field(default=None, compare=False)
 
     @property
     def mask_threshold(self) -> float:
@@ -95,14 +101,31 @@ class Calibration:
         """Image scores normalised so that this calibration's image threshold is 0.5."""
         return normalize_scores(scores, self.image_threshold, self.image_min, self.image_max)
 
-    def with_thresholds(self, image_threshold: float, pixel_threshold: float | None) -> "Calibration":
-        """The same score ranges with other thresholds deciding the labels."""
-        return replace(self, image_threshold=float(image_threshold),
-                       pixel_threshold=None if pixel_threshold is None else float(pixel_threshold))
+    def with_thresholds(self, image_threshold: float, pixel_threshold: float | None, image_rule: str | None = None,
+                        pixel_rule: str | None = None) -> "Calibration":
+        """The same score ranges with other thresholds deciding the labels.
+
+        A threshold that keeps its value keeps its rule unless another is given; one that changes
+        takes ``image_rule``/``pixel_rule`` (None: not known), never the old rule's words.
+        """
+        image_threshold = float(image_threshold)
+        pixel_threshold = None if pixel_threshold is None else float(pixel_threshold)
+        if image_rule is None and image_threshold == self.image_threshold:
+            image_rule = self.image_threshold_rule
+        if pixel_rule is None and pixel_threshold == self.pixel_threshold:
+            pixel_rule = self.pixel_threshold_rule
+        return replace(self, image_threshold=image_threshold, pixel_threshold=pixel_threshold,
+                       image_threshold_rule=image_rule, pixel_threshold_rule=pixel_rule)
 
 
 #: How the image threshold is set on the validation scores.
 IMAGE_RULES = ("f1", "manual", "target_fpr", "good_percentile")
+#: How ``f1_optimal_threshold`` places the threshold when the labels hold one class only.
+F1_WITHOUT_ANOMALOUS = ("just above the highest score of the {count} good {what} (F1-optimal needs anomalous "
+                        "{what}, and there were none: every one of them is normal at this threshold)")
+F1_WITHOUT_GOOD = ("at the lowest score of the {count} anomalous {what} (F1-optimal needs good {what} too, and "
+                   "there were none: every one of them is anomalous at this threshold)")
+F1_IMAGE_RULE = "F1-optimal on the validation images"
 
 
 @dataclass(frozen=True)
@@ -141,7 +164,7 @@ class ThresholdRule:
             on = f" of {good_images} good validation images" if good_images is not None else ""
             setting = f"target_fpr={self.target_fpr:g}" if self.image == "target_fpr" else f"good_percentile={self.good_percentile:g}"
             return f"{setting}: at most {self.good_share:.4g}{on} at or above it"
-        return "F1-optimal on the validation images"
+        return F1_IMAGE_RULE
 
 
 def good_share_threshold(good_scores: Any, share: float) -> float:
@@ -156,31 +179,51 @@ def good_share_threshold(good_scores: Any, share: float) -> float:
     return float(np.nextafter(np.float32(ordered[allowed]), np.float32(math.inf)))
 
 
+def f1_rule(labels: Any, what: str = "validation images", both: str = F1_IMAGE_RULE) -> str:
+    """What :func:`f1_optimal_threshold` really does on ``labels``, in words: ``both`` when they hold
+    both classes, else where the threshold is put instead."""
+    labels = np.asarray(labels).ravel().astype(bool)
+    positives = int(labels.sum())
+    if positives == 0:
+        return F1_WITHOUT_ANOMALOUS.format(count=labels.size, what=what)
+    if positives == labels.size:
+        return F1_WITHOUT_GOOD.format(count=labels.size, what=what)
+    return both
+
+
 def calibrate(scored: "ScoredSet", rule: ThresholdRule | None = None) -> Calibration:
     """Image (and pixel, with masks) thresholds set by ``rule`` (F1-optimal by default) plus the
-    score ranges of ``scored``."""
+    score ranges of ``scored``, each threshold with the words saying how it was set."""
     rule = rule or ThresholdRule()
     labelled = scored.labelled
     scores = scored.score_tensor(labelled).numpy()
     labels = scored.label_tensor(labelled).numpy()
-    pixel_threshold = pixel_min = pixel_max = None
+    pixel_threshold = pixel_min = pixel_max = pixel_rule = None
     if scored.has_maps:
         maps = scored.map_tensor(labelled).numpy()
         pixel_min, pixel_max = float(maps.min()), float(maps.max())
         if rule.manual_pixel is not None:
             pixel_threshold = float(rule.manual_pixel)
+            pixel_rule = f"manual pixel threshold {rule.manual_pixel:g} (raw)"
         elif scored.has_masks:
-            pixel_threshold = f1_optimal_threshold(maps, scored.mask_tensor(labelled).numpy())
+            masks = scored.mask_tensor(labelled).numpy()
+            pixel_threshold = f1_optimal_threshold(maps, masks)
+            pixel_rule = f1_rule(masks, "mask pixels", "F1-optimal on the mask pixels of the validation images")
     image_min, image_max = float(scores.min()), float(scores.max())
     if rule.image in ("target_fpr", "good_percentile"):
         image_threshold = good_share_threshold(scores[labels == 0], rule.good_share)
+        image_rule = rule.describe(int((labels == 0).sum()))
     elif rule.image == "manual" and not rule.normalized:
         image_threshold = float(rule.manual_image)
+        image_rule = rule.describe()
     else:
         image_threshold = f1_optimal_threshold(scores, labels)
+        image_rule = f1_rule(labels)
         if rule.image == "manual":  # normalised: relative to the F1-optimal threshold and the range
             width = image_max - image_min if image_max > image_min else 1.0
             image_threshold = (float(rule.manual_image) - 0.5) * width + image_threshold
+            # Without both classes 0.5 is not an F1-optimal threshold: say what it is then.
+            image_rule = rule.describe() + ("" if image_rule == F1_IMAGE_RULE else f"; its 0.5 is the threshold put {image_rule}")
     return Calibration(
         image_threshold=image_threshold,
         image_min=image_min,
@@ -188,4 +231,6 @@ def calibrate(scored: "ScoredSet", rule: ThresholdRule | None = None) -> Calibra
         pixel_threshold=pixel_threshold,
         pixel_min=pixel_min,
         pixel_max=pixel_max,
+        image_threshold_rule=image_rule,
+        pixel_threshold_rule=pixel_rule,
     )

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from quadra_ad.deploy.model_card import ModelCard
+from quadra_ad.deploy.model_card import SCHEMA_VERSION, ModelCard, write_card_json
+from quadra_ad.errors import ConfigError
 from quadra_ad.metrics import aupro, image_metrics, pixel_metrics
 from quadra_ad.thresholds import Calibration, f1_optimal_threshold, normalize_scores
 
@@ -186,8 +187,8 @@ def test_model_card_carries_one_calibration_under_the_flat_model_json_keys(tmp_p
 
 
 def test_model_json_without_thresholds_is_refused(tmp_path):
-    (tmp_path / "model.json").write_text(json.dumps({"model_class": "x", "input_size": [8, 8]}))
-    with pytest.raises(KeyError, match="image_threshold"):
+    write_card_json({"model_class": "x", "input_size": [8, 8], "schema_version": SCHEMA_VERSION}, tmp_path)
+    with pytest.raises(ConfigError, match="missing key.*image_threshold"):
         ModelCard.read(tmp_path / "model.json")
 
 
@@ -198,8 +199,8 @@ def test_model_json_without_its_pixel_keys_is_refused(tmp_path):
     values = card.to_json()
     assert values["pixel_threshold"] is None  # written as null, not left out
     del values["pixel_threshold"]
-    (tmp_path / "model.json").write_text(json.dumps(values))
-    with pytest.raises(KeyError, match="pixel_threshold"):
+    write_card_json(values, tmp_path)
+    with pytest.raises(ConfigError, match="missing key.*pixel_threshold"):
         ModelCard.read(tmp_path / "model.json")
 
 

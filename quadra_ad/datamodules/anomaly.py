@@ -16,8 +16,15 @@ from torch.utils.data import DataLoader
 from quadra_ad.datamodules.augmentations import build_train_augmentation
 from quadra_ad.datamodules.dataset import AnomalyDataset, ImagePreparation
 from quadra_ad.datamodules.images import image_size_of
-from quadra_ad.datamodules.layout import AnomalyLayout, category_folder, scan_anomaly_folder, split_validation
-from quadra_ad.errors import ConfigError
+from quadra_ad.datamodules.layout import (
+    AnomalyLayout,
+    category_folder,
+    entry_problem,
+    problems_line,
+    scan_anomaly_folder,
+    split_validation,
+)
+from quadra_ad.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +93,19 @@ class AnomalyDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.layout is not None:
             return
+        # What the listing cannot use is refused here too, so the Python API does not silently skip it; the
+        # file contents (sizes, masks) are checked as each file is read (the CLI's preflight reads them all first).
         layout = scan_anomaly_folder(self.dataset_root(), self.mask_suffix, self.phase)
+        if layout.problems:
+            raise DatasetError(problems_line(layout.root, layout.problems))
         if self.phase == "train":
             split_validation(layout, self.val_split, self.val_fraction, self.val_seed)
             if self.augmentation is not None and layout.train:
                 self.augmentation.check_keeps_size(*image_size_of(layout.train[0].image_path))
+        if self.valid_area_mask:  # never opened unless a regular file: a named pipe would block the read
+            roi = Path(self.valid_area_mask).expanduser()
+            if problem := entry_problem(roi):
+                raise DatasetError(f"datamodule.valid_area_mask '{roi}' {problem}")
         self._preparation = ImagePreparation(self.image_size, self.mean, self.std, self.valid_area_mask, self.crop_area)
         # Set last: a setup that failed above must fail again, not leave a half-built module.
         self.layout = layout
@@ -102,12 +117,20 @@ class AnomalyDataModule(LightningDataModule):
         )
         if self.layout.val_source:
             log.info("Thresholds are set on %s", self.layout.val_source)
-        good = sum(1 for s in self.layout.test if s.label == 0)
-        if self.phase == "train" and anomalous == 0:
-            log.warning("No anomalous test images: thresholds cannot be tuned and image metrics are skipped.")
-        if self.phase == "train" and good == 0 and anomalous:
-            log.warning("No good test images: thresholds cannot be judged; AUROC, F1, precision and recall are "
-                        "not applicable (metrics.json says why).")
+        if self.phase == "train":
+            self._warn_about_one_class()
+
+    def _warn_about_one_class(self) -> None:
+        """Validation and test images of one class only: say what that does to thresholds and metrics."""
+        for split, what in (("val", "validation"), ("test", "test")):
+            samples = getattr(self.layout, split)
+            good, anomalous = (sum(1 for s in samples if s.label == label) for label in (0, 1))
+            if split == "val" and not (good and anomalous):
+                log.warning("The %s images are all %s: an F1-optimal threshold cannot be set on them (metrics.json "
+                            "says how the threshold was set instead).", what, "anomalous" if anomalous else "good")
+            if split == "test" and not (good and anomalous) and (good or anomalous):
+                log.warning("The %s images are all %s: AUROC, F1, precision and recall are not applicable "
+                            "(metrics.json says why).", what, "anomalous" if anomalous else "good")
 
     @property
     def preparation(self) -> ImagePreparation:

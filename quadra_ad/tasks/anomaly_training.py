@@ -27,7 +27,7 @@ from quadra_ad.callbacks.memory_bank_gather import MemoryBankGather
 from quadra_ad.callbacks.score_collector import ScoreCollector
 from quadra_ad.callbacks.training_start import OnTrainingStart
 from quadra_ad.config.instantiation import instantiate_node
-from quadra_ad.deploy.model_card import ModelCard, file_sha256, weights_file
+from quadra_ad.deploy.model_card import ModelCard
 from quadra_ad.errors import ConfigError, DatasetError, QuadraADError
 from quadra_ad.export.graph import AnomalyGraph
 from quadra_ad.export.background import BackgroundExport, can_fork_exports
@@ -144,8 +144,11 @@ class AnomalyTrainingTask(Task):
             # Models that skip validation during fit (e.g. a trainer with limit_val_batches=0).
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
         self.calibration = self.collector.calibration
-        log.info("Thresholds from validation (%s): %s", self.threshold_rule.describe(self._good_validation_images()),
-                 self.calibration)
+        log.info("Image threshold from validation: %.6g, %s", self.calibration.image_threshold,
+                 self.calibration.image_threshold_rule)
+        if self.calibration.pixel_threshold is not None:
+            log.info("Pixel threshold from validation: %.6g, %s", self.calibration.pixel_threshold,
+                     self.calibration.pixel_threshold_rule)
 
     def test(self) -> None:
         if not self.config.core.test_after_training:
@@ -163,10 +166,11 @@ class AnomalyTrainingTask(Task):
         if self.datamodule.layout.unknown:
             self.trainer.predict(self.model, dataloaders=self.datamodule.predict_dataloader(), return_predictions=False)
         self.metrics = scored_set_metrics(self.collector.test, self.calibration)
-        self.metrics.provenance["image_threshold"] = self.threshold_rule.describe(self._good_validation_images())
+        # How each threshold was really set, as the calibration says (not the rule asked for: F1 needs anomalous images).
+        self.metrics.provenance["image_threshold"] = self.calibration.image_threshold_rule
         self.metrics.provenance["validation_images"] = self.datamodule.layout.val_source
-        if self.threshold_rule.manual_pixel is not None:
-            self.metrics.provenance["pixel_threshold"] = f"manual pixel threshold {self.threshold_rule.manual_pixel:g} (raw)"
+        if self.calibration.pixel_threshold_rule is not None:
+            self.metrics.provenance["pixel_threshold"] = self.calibration.pixel_threshold_rule
         summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(self.metrics.items()) if "AUROC" in k or k.endswith("F1"))
         log.info("Test metrics: %s", summary)
 
@@ -225,7 +229,7 @@ class AnomalyTrainingTask(Task):
             "quadra_ad.model": type(self.model).__name__,
             "quadra_ad.dataset": str(self.datamodule.layout.root),
             "quadra_ad.dataset_hash": self.datamodule.layout.fingerprint(),
-            "quadra_ad.threshold_rule": self.threshold_rule.describe(),
+            "quadra_ad.threshold_rule": self._threshold_rule_words(),
             "quadra_ad.validation_images": self.datamodule.layout.val_source,
         })
         if self.exported:  # the first file of export.types: what a run comparison points to
@@ -278,17 +282,11 @@ class AnomalyTrainingTask(Task):
             self.live_run.log_params({"datamodule.train_batch_size": str(found)})
         log.info("Training batch size found: %d", found)
 
-    def _good_validation_images(self) -> int:
-        validation = self.collector.validation
-        return sum(1 for index in validation.labelled if validation.labels[index] == 0)
-
-    def _graph_hashes(self) -> dict[str, str]:
-        hashes = {k: file_sha256(p) for k, (p, _) in self.exported.items()}
-        for export_type, (path, _) in self.exported.items():  # OpenVINO's .bin, large ONNX weights
-            weights = weights_file(path)
-            if weights is not None:
-                hashes[f"{export_type}_weights"] = file_sha256(weights)
-        return hashes
+    def _threshold_rule_words(self) -> str:
+        """How the image threshold was set once it is; before, the rule asked for."""
+        if self.calibration is not None and self.calibration.image_threshold_rule:
+            return self.calibration.image_threshold_rule
+        return self.threshold_rule.describe()
 
     def _model_card(self, valid_area_mask: Path | None) -> ModelCard:
         dm = self.datamodule
@@ -302,7 +300,6 @@ class AnomalyTrainingTask(Task):
             valid_area_mask=valid_area_mask.name if valid_area_mask is not None else None,
             crop_area=dm.preparation.crop_area,
             files={k: p.name for k, (p, _) in self.exported.items()},
-            sha256=self._graph_hashes(),
             fixed_batch_size={k: b for k, (_, b) in self.exported.items() if b is not None},
             has_anomaly_map=self.collector.test.has_maps or self.collector.validation.has_maps,
             versions=package_versions(),
