@@ -5,6 +5,7 @@ path at fault and what to do. The CLI prints it without a traceback unless
 ``HYDRA_FULL_ERROR=1``.
 """
 
+from collections.abc import Iterator
 
 #: What the command prints when Ctrl-C stops it before a run started (exit code 130).
 INTERRUPTED_AT_START = "quadra-ad: interrupted before the run started: nothing was written"
@@ -37,3 +38,17 @@ class ExportError(QuadraADError):
 
 class DiskFullError(QuadraADError):
     """The disk of the run folder filled up: what was written before is complete and kept."""
+
+
+def exception_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error``, then what caused it (or was being handled when it was raised), and so on, each once.
+
+    A chain can loop: an error re-raised inside the handler of the error that wraps it (as
+    ``instantiate_node`` does with Hydra's ``InstantiationException``) becomes the context of its
+    own wrapper, and a walk that does not remember where it has been never ends.
+    """
+    visited: set[int] = set()
+    while error is not None and id(error) not in visited:
+        visited.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__

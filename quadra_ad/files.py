@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from quadra_ad.interrupts import exception_chain
+from quadra_ad.errors import exception_chain
 
 #: Errors that mean "no room left", whatever the filesystem.
 FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

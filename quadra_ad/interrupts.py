@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
+from quadra_ad.errors import exception_chain
+
 log = logging.getLogger(__name__)
 
 _received = False
@@ -39,20 +41,6 @@ _WORKER_KILLED_BY_SIGTERM = "is killed by signal: Terminated"
 
 class Terminated(BaseException):
     """The process received SIGTERM: stop, as on Ctrl-C (a BaseException, so no step swallows it)."""
-
-
-def exception_chain(error: BaseException | None) -> Iterator[BaseException]:
-    """``error``, then what caused it (or was being handled when it was raised), and so on, each once.
-
-    A chain can loop: an error re-raised inside the handler of the error that wraps it (as
-    ``instantiate_node`` does with Hydra's ``InstantiationException``) becomes the context of its
-    own wrapper, and a walk that does not remember where it has been never ends.
-    """
-    visited: set[int] = set()
-    while error is not None and id(error) not in visited:
-        visited.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
 
 
 def sigterm_received() -> bool:

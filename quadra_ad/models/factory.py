@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from quadra_ad.config.instantiation import instantiate_node
-from quadra_ad.errors import ConfigError
+from quadra_ad.errors import ConfigError, exception_chain
 from quadra_ad.models.backbone_weights import load_backbone_state, load_backbone_weights
 from quadra_ad.models.tiling import apply_tiling, tiling_settings, without_tiling
 
@@ -58,17 +58,13 @@ def hub_offline() -> Iterator[None]:
 
 
 def _is_download_failure(error: BaseException) -> bool:
-    seen, visited = error, set()
-    # A chain can loop: instantiate_node re-raises a cause whose context is the wrapper around it.
-    while seen is not None and id(seen) not in visited:
-        visited.add(id(seen))
+    for seen in exception_chain(error):
         name = type(seen).__name__
         module = type(seen).__module__
         if module.startswith(("huggingface_hub", "urllib", "requests", "httpx", "httpcore", "socket")) or name in (
             "gaierror", "ConnectionError", "LocalEntryNotFoundError", "OfflineModeIsEnabled", "URLError",
         ):
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from quadra_ad.errors import ConfigError
 from quadra_ad.files import disk_is_full
-from quadra_ad.interrupts import exception_chain, stopped_by_sigterm
+from quadra_ad.errors import exception_chain
+from quadra_ad.interrupts import stopped_by_sigterm
 from quadra_ad.run import build_task, run
 from tests.cli_runner import QUADRA_AD, quadra_ad, quadra_ad_env
 from tests.conftest import fast_overrides, training_config
