@@ -120,7 +120,7 @@ def _row_image(row: dict, index: int, array_dtype: str) -> np.ndarray:
 
 
 def _decoded_image(encoded, index: int) -> np.ndarray:
-    from quadra_ad.deploy.images import decode_image, size_problem, to_unit_rgb
+    from quadra_ad.deploy.images import decode_image, to_unit_rgb
     from quadra_ad.errors import DatasetError
 
     source = f"row {index} ('image' must be a base64-encoded image file)"
@@ -131,11 +131,8 @@ def _decoded_image(encoded, index: int) -> np.ndarray:
         data = base64.b64decode(encoded, validate=True)
     except (ValueError, binascii.Error):
         raise DatasetError(f"cannot read {source}: it is not base64") from None
-    stored = decode_image(data, source)
-    problem = size_problem(stored.shape[1], stored.shape[0]) if stored.ndim >= 2 else "has no rows and columns"
-    if problem:
-        raise DatasetError(f"row {index}: the 'image' {problem}")
-    return to_unit_rgb(stored, bgr=True, source=source)
+    # decode_image refuses a size outside the rule from the file's header, to_unit_rgb a bad shape.
+    return to_unit_rgb(decode_image(data, source), bgr=True, source=source)
 
 
 def _pixel_image(pixels, index: int, array_dtype: str) -> np.ndarray:
