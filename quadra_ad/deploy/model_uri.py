@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from quadra_ad.deploy.model_card import MODEL_JSON
+from quadra_ad.deploy.runners import first_line
 from quadra_ad.errors import ConfigError
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
@@ -74,18 +75,13 @@ def fetch_deployment_folder(model_uri: str, tracking_uri: str | None = None) -> 
         key, download = _locate(client, model_uri, store)
     except Exception as error:  # noqa: BLE001 - MLflow raises many kinds for a wrong name, version or store
         raise ConfigError(f"task.model_path '{model_uri}' cannot be fetched from the MLflow store at {store} "
-                          f"({_first_line(error)})") from None
+                          f"({first_line(error)})") from None
     cached = cache / key
     if not (cached / MODEL_JSON).is_file():
         _download_into(cached, download, model_uri, store)
     os.utime(cached)  # the least recently used go first
     _evict(cache, limit, keep=cached)
     return cached
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _locate(client, model_uri: str, store: str):
@@ -138,7 +134,7 @@ def _download_into(cached: Path, download, model_uri: str, store: str) -> None:
             local = Path(download(partial))
         except Exception as error:  # noqa: BLE001 - as in _locate
             raise ConfigError(f"task.model_path '{model_uri}' cannot be fetched from the MLflow store at {store} "
-                              f"({_first_line(error)})") from None
+                              f"({first_line(error)})") from None
         found = next((c for c in (local / "artifacts" / DEPLOYMENT_ARTIFACT, local / DEPLOYMENT_ARTIFACT, local)
                       if (c / MODEL_JSON).is_file()), None)
         if found is None:
