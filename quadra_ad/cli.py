@@ -31,7 +31,7 @@ from quadra_ad.config.preflight import (
     expand_category_patterns,
     group_options,
 )
-from quadra_ad.config.quadra_keys import translate_quadra_keys
+from quadra_ad.config.compose import finish_config
 from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import INTERRUPTED_AT_START, QuadraADError
 from quadra_ad.garbage_collection import freeze_imports
@@ -146,7 +146,10 @@ def _run_job(cfg: DictConfig) -> float | None:
     _TASK_FUNCTION_STARTED = True
     task = None
     try:
-        translate_quadra_keys(cfg)  # again: Hydra composed this config itself
+        # Again: Hydra composed this config itself. The CPU-fallback line is logged here, where the
+        # run's log file records it too, rather than by the check before Hydra.
+        if cpu_fallback := finish_config(cfg):
+            logging.getLogger(__name__).warning(cpu_fallback)
         if cfg.get("print_config"):
             from omegaconf import OmegaConf
 
@@ -238,6 +241,54 @@ def _is_help(args: list[str]) -> bool:
     return any(arg in HELP_FLAGS for arg in args) and all(not arg.startswith("-") or arg in HELP_FLAGS for arg in args)
 
 
+def _config_request(args: list[str]) -> tuple[str, str | None, bool, list[str]] | None:
+    """``--cfg job|all`` (with ``--resolve`` / ``--package``) and overrides only: (what to show,
+    package, resolve, overrides). None for anything else, which Hydra answers itself."""
+    shown, package, resolve, overrides = None, None, False, []
+    rest = iter(args)
+    for arg in rest:
+        flag, has_value, value = arg.partition("=")
+        if flag in ("--cfg", "-c", "--package", "-p"):
+            value = value if has_value else next(rest, "")
+            if flag in ("--cfg", "-c"):
+                shown = value
+            else:
+                package = value
+        elif arg == "--resolve":
+            resolve = True
+        elif arg.startswith("-"):
+            return None
+        else:
+            overrides.append(arg)
+    if shown not in ("job", "all"):
+        return None
+    return shown, package, resolve, overrides
+
+
+def _print_config(shown: str, package: str | None, resolve: bool, overrides: list[str]) -> None:
+    """Print the config that will run: Hydra's ``--cfg`` would print it before a Quadra file's keys
+    are translated and before a GPU trainer falls back to the CPU."""
+    from omegaconf import Container, OmegaConf
+
+    cfg = compose_checked(overrides, with_hydra=shown == "all")
+    if shown == "all":
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(cfg)  # for ${hydra:...} when resolving
+    node = cfg if package in (None, "_global_") else OmegaConf.select(cfg, package)
+    if node is None:
+        print(f"quadra-ad: error: package '{package}' not found in config", file=sys.stderr)
+        sys.exit(2)
+    if not isinstance(node, Container):
+        print(node)
+        return
+    if package not in (None, "_global_"):
+        print(f"# @package {package}")
+    if resolve:
+        OmegaConf.resolve(node)
+    sys.stdout.write(OmegaConf.to_yaml(node))
+
+
 def _check_plain_run(args: list[str]) -> None:
     global _CHECKED_BEFORE_HYDRA
     from quadra_ad.startup_checks import check_before_run
@@ -303,6 +354,9 @@ def main() -> None:
         register_experiment_sources()
         register_launcher_presets()
         register_resolvers()
+        if request := _config_request(args):
+            _print_config(*request)
+            return
         if not _only_prints(args):
             _check_run_folder_can_be_made(args)
         if _is_plain_run(args):

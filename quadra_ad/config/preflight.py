@@ -113,19 +113,26 @@ def _unknown_key_error(key: str, overrides: Sequence[str]) -> ConfigError:
     parent, _, leaf = key.rpartition(".")
     others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
     try:
-        node = compose_config(others)
+        node = compose_config(others, warn=False)
         node = OmegaConf.select(node, parent) if parent else node
         known = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
     except Exception:  # noqa: BLE001 - the hint is optional, the message is not
         known = []
+    if leaf in known:
+        # Hydra refused the key although the config that runs has it: the experiment left its
+        # section empty (a Quadra file's ``override /backbone: null``) and only the translation of
+        # its keys fills it in, after the command line was applied.
+        return ConfigError(f"{key}: the experiment file leaves '{parent}' empty (override /{parent.split('.')[0]}: "
+                           f"null) and fills it later: write +{key}=<value>")
     close = difflib.get_close_matches(leaf, known, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(f'{parent}.{c}' if parent else c for c in close)}?" if close else ""
     where = f"under '{parent}'" if parent else "at the top of the config"
     return ConfigError(f"{key}: no such key {where}.{hint} To add a new key write +{key}=<value>")
 
 
-def compose_checked(overrides: Sequence[str]) -> DictConfig:
-    """The config ``quadra-ad <overrides>`` runs, with Hydra's composition errors as one line each."""
+def compose_checked(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
+    """The config ``quadra-ad <overrides>`` runs, with Hydra's composition errors as one line each
+    (``with_hydra``: Hydra's own section too)."""
     import yaml
     from hydra.errors import ConfigCompositionException, OverrideParseException
 
@@ -133,7 +140,7 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
 
     check_override_syntax(overrides)
     try:
-        return compose_config(overrides)
+        return compose_config(overrides, warn=False, with_hydra=with_hydra)  # the run logs the CPU fallback, once
     except yaml.YAMLError as error:
         raise _yaml_error(error) from None
     except OverrideParseException as error:

@@ -25,23 +25,30 @@ from quadra_ad.errors import ConfigErrors
 
 _MISSING = object()
 
+INFERENCE_TASK = "quadra_ad.tasks.AnomalyInferenceTask"
+
 #: Quadra's task classes and ours.
 TASK_TARGETS = {
     "quadra.tasks.anomaly.AnomalibDetection": "quadra_ad.tasks.AnomalyTrainingTask",
     "quadra.tasks.AnomalibDetection": "quadra_ad.tasks.AnomalyTrainingTask",
-    "quadra.tasks.anomaly.AnomalibEvaluation": "quadra_ad.tasks.AnomalyInferenceTask",
-    "quadra.tasks.AnomalibEvaluation": "quadra_ad.tasks.AnomalyInferenceTask",
+    "quadra.tasks.anomaly.AnomalibEvaluation": INFERENCE_TASK,
+    "quadra.tasks.AnomalibEvaluation": INFERENCE_TASK,
 }
 
 #: Callbacks of Quadra's ``default_anomalib`` that configure what quadra_ad always does itself.
 BUILT_IN_CALLBACKS = {
     "score_normalization": "scores are normalised with the image threshold in every run",
+    # Quadra before 2.0: the same normalisation under its anomalib name (0.5 = the threshold).
+    "min_max_normalization": "scores are normalised with the image threshold in every run",
     "post_processing_configuration": "thresholds: task.threshold_rule",
     "metrics": "image and pixel metrics are always computed",
     "upload_ckpts_as_artifact": "the best checkpoint is always an artifact of the MLflow run",
     "progress_bar": "trainer.enable_progress_bar",
     "lightning_trainer_setup": "trainer.log_every_n_steps",
 }
+
+#: Quadra's names for the score normalisation every run here does.
+NORMALISATION_CALLBACKS = ("score_normalization", "min_max_normalization")
 
 #: Lightning 1.x Trainer arguments Quadra's files still carry, with the value that means
 #: "not used" (dropped then); any other value has no Lightning 2 equivalent, or this one.
@@ -120,13 +127,12 @@ class _Translation:
         if _get(self.cfg, "logger.mlflow.experiment_name", "x") is None:
             OmegaConf.update(self.cfg, "logger.mlflow.experiment_name", "${core.name}", merge=False)
         self._rewrite_interpolations()
-        if self.mistakes:
-            raise ConfigErrors(self.mistakes)
 
     def _model(self) -> None:
         quadra_model = _get(self.cfg, "model.model")
         if isinstance(quadra_model, DictConfig):
-            if not isinstance(_get(self.cfg, "backbone", None), DictConfig):
+            backbone = _get(self.cfg, "backbone", None)
+            if not isinstance(backbone, DictConfig) or "name" not in backbone:
                 self._restore_backbone()
             for key in list(quadra_model.keys()):
                 where = f"model.model.{key}"
@@ -177,8 +183,9 @@ class _Translation:
         from quadra_ad.config.locations import config_dir
 
         default = OmegaConf.load(config_dir() / "backbone" / "resnet18.yaml")
+        given = _get(self.cfg, "backbone", None)  # what +backbone.<key>=... put there
         with open_dict(self.cfg):
-            self.cfg.backbone = default
+            self.cfg.backbone = OmegaConf.merge(default, given) if isinstance(given, DictConfig) else default
 
     def _tiling(self) -> None:
         tiling = _get(self.cfg, "model.dataset.tiling")
@@ -293,6 +300,8 @@ class _Translation:
             self.drop("transforms.input_height")
             self.drop("transforms.input_width")
         self.drop("transforms.name")
+        if _get(self.cfg, "task._target_", None) == INFERENCE_TASK:
+            self._inference_preparation_from_the_model()
         for key in ("standard_transform", "train_transform", "val_transform", "test_transform", "normalize"):
             value = _get(self.cfg, f"transforms.{key}")
             if value is _MISSING:
@@ -301,6 +310,20 @@ class _Translation:
                 self.refuse("transforms.train_transform", "random train-time transforms go in "
                                                           "transforms.train_augmentations (a list of albumentations)")
             self.drop(f"transforms.{key}")
+
+    def _inference_preparation_from_the_model(self) -> None:
+        """Quadra's inference files take ``transforms: default_resize`` for its defaults alone: the
+        size and normalisation come from model.json here. Only a value the experiment sets itself
+        (``input_height``/``input_width``, or one that differs from the defaults) may clash with it."""
+        from quadra_ad.config.locations import config_dir
+
+        defaults = OmegaConf.load(config_dir() / "transforms" / "default.yaml")
+        for key in ("input_size", "mean", "std"):
+            value = _get(self.cfg, f"transforms.{key}")
+            if key == "input_size" and "transforms.input_height" in self.moved:
+                continue
+            if value is not _MISSING and _plain(value) == _plain(defaults.get(key)):
+                OmegaConf.update(self.cfg, f"transforms.{key}", None, merge=False)
 
     def _callbacks(self) -> None:
         callbacks = _get(self.cfg, "callbacks", None)
@@ -322,9 +345,8 @@ class _Translation:
             if isinstance(monitor, str) and monitor.startswith("validation_"):
                 OmegaConf.update(self.cfg, f"{where}.monitor", "val_" + monitor[len("validation_"):])
             if name in BUILT_IN_CALLBACKS:
-                if name == "score_normalization" and _get(self.cfg, f"{where}.threshold_type", "image") != "image":
-                    self.refuse(f"{where}.threshold_type", "scores are normalised with the image threshold here; "
-                                                           "pixel masks use the pixel threshold")
+                if name in NORMALISATION_CALLBACKS:
+                    self._normalisation_threshold_type(where)
                 self.drop(where)
             elif name == "visualizer":
                 for key in ("inputs_are_normalized", "output_path", "threshold_type"):
@@ -341,6 +363,15 @@ class _Translation:
                 else:
                     self.refuse(where, f"Quadra's {name} callback has no counterpart here; remove it or set "
                                        f"{where}.disable=true")
+
+    def _normalisation_threshold_type(self, where: str) -> None:
+        """Quadra's ``threshold_type`` says which threshold its normalised maps are cut at. Here
+        both are always used as Quadra means them: image labels at the image threshold, masks at the
+        pixel threshold when the training had masks (the image one otherwise), so either value is
+        what runs; anything else is a typo."""
+        threshold_type = _get(self.cfg, f"{where}.threshold_type", "image")
+        if threshold_type not in ("image", "pixel"):
+            self.refuse(f"{where}.threshold_type", f"'{threshold_type}' is neither image nor pixel")
 
     def _merge_checkpoint(self, where: str) -> None:
         """Quadra's ``model_checkpoint`` is our ``checkpoint`` (Lightning's ModelCheckpoint, best epoch kept)."""
@@ -371,6 +402,8 @@ class _Translation:
             if value not in unused:
                 self.refuse(f"trainer.{key}", f"a Lightning 1 argument; here: {ours}")
             self.drop(f"trainer.{key}")
+        if _get(self.cfg, "trainer.strategy", "auto") is None:  # Lightning 1's "no strategy"
+            OmegaConf.update(self.cfg, "trainer.strategy", "auto", merge=False)
         if _get(self.cfg, "trainer.gradient_clip_val", None) == 0:
             OmegaConf.update(self.cfg, "trainer.gradient_clip_val", None, merge=False)
 
@@ -416,6 +449,7 @@ def looks_like_quadra(cfg: DictConfig) -> bool:
     probes = ("model.model", "model.dataset", "model.metrics", "task.run_test", "task.report", "task.export_config",
               "task.module_function", "datamodule.task", "datamodule.seed", "datamodule.train_transform",
               "transforms.input_height", "transforms.name", "callbacks.score_normalization",
+              "callbacks.min_max_normalization",
               "callbacks.model_checkpoint", "optimizer", "scheduler", "loss")
     if any(_get(cfg, key, None) is not None for key in probes):
         return True
@@ -430,15 +464,23 @@ def looks_like_quadra(cfg: DictConfig) -> bool:
     return isinstance(trainer, DictConfig) and any(k in trainer for k in LIGHTNING_1_TRAINER_KEYS)
 
 
-def translate_quadra_keys(cfg: DictConfig) -> DictConfig:
-    """Rewrite Quadra's keys in ``cfg`` (in place) to ours; :class:`ConfigErrors` lists the ones
-    with no counterpart, one line each. A config without Quadra keys is left as it is."""
+def quadra_key_mistakes(cfg: DictConfig) -> list[str]:
+    """Rewrite Quadra's keys in ``cfg`` (in place) to ours and return one line for each key that
+    has no counterpart (empty: everything translated). A config without Quadra keys is left as it is."""
     if not looks_like_quadra(cfg):
-        return cfg
+        return []
     struct = OmegaConf.is_struct(cfg)
     OmegaConf.set_struct(cfg, False)
+    translation = _Translation(cfg)
     try:
-        _Translation(cfg).run()
+        translation.run()
     finally:
         OmegaConf.set_struct(cfg, struct)
+    return translation.mistakes
+
+
+def translate_quadra_keys(cfg: DictConfig) -> DictConfig:
+    """:func:`quadra_key_mistakes`, raising :class:`ConfigErrors` with its lines when there are any."""
+    if mistakes := quadra_key_mistakes(cfg):
+        raise ConfigErrors(mistakes)
     return cfg

@@ -345,9 +345,8 @@ CONSISTENCY_CHECKS = (accelerator_mistakes, layer_mistakes, threshold_mistakes,
                       unknown_section_mistakes)
 
 
-def validate_values(cfg: DictConfig) -> None:
-    """Raise one ConfigError naming every key whose value the run cannot use, and what it takes."""
-    missing = [error for node in NODES_WITH_MANDATORY_VALUES if (error := missing_value_error(cfg, node))]
+def _wrong_values(cfg: DictConfig) -> list[str]:
+    """Each key whose own value breaks its rule (or, when none does, how the trainer's keys clash)."""
     wrong = []
     for rule in RULES:
         if OmegaConf.select(cfg, rule.key, default="<absent>", throw_on_missing=False) == "<absent>":
@@ -358,8 +357,22 @@ def validate_values(cfg: DictConfig) -> None:
         if not rule.accepts(value):
             hint = _strategy_hint(value) if rule.key == "trainer.strategy" else ""
             wrong.append(f"{rule.key}={_shown(value)} (takes {rule.takes}{hint})")
-    if not wrong:
-        wrong = distributed_mistakes(cfg)
+    return wrong or distributed_mistakes(cfg)
+
+
+def value_mistakes(cfg: DictConfig) -> list[str]:
+    """Every mistake :func:`validate_values` finds, one line each, where it raises the first kind
+    only: for reporting them together with others (a Quadra file's keys without a counterpart)."""
+    lines = [f"{line}: fix the value on the command line or in the experiment file" for line in _wrong_values(cfg)]
+    if not lines:
+        lines = [check(cfg)[0] for check in CONSISTENCY_CHECKS if check(cfg)]
+    return lines + [str(error) for node in NODES_WITH_MANDATORY_VALUES if (error := missing_value_error(cfg, node))]
+
+
+def validate_values(cfg: DictConfig) -> None:
+    """Raise one ConfigError naming every key whose value the run cannot use, and what it takes."""
+    missing = [error for node in NODES_WITH_MANDATORY_VALUES if (error := missing_value_error(cfg, node))]
+    wrong = _wrong_values(cfg)
     if wrong:
         also = f"; and {missing[0]}" if missing else ""
         raise ConfigError(f"{'; '.join(wrong)}: fix {'these values' if len(wrong) > 1 else 'the value'} on the "

@@ -124,14 +124,33 @@ def test_config_mistake_is_one_line_before_anything_heavy(tmp_path, data, overri
     assert expected in message, message
 
 
-@pytest.mark.skipif(gpus_visible(), reason="this machine has a GPU: trainer=ddp would run")
-@pytest.mark.parametrize("trainer, expected", [
-    ("trainer=ddp", "trainer=ddp (trainer.accelerator=gpu) runs one process per GPU and this machine has no GPU: use "
-                    "trainer=ddp_cpu"),
-    ("trainer=gpu", "trainer.accelerator=gpu needs a GPU and this machine has none: use trainer=cpu"),
+@pytest.mark.skipif(gpus_visible(), reason="this machine has a GPU: the GPU trainer runs on it")
+@pytest.mark.parametrize("overrides, expected", [
+    (["trainer=gpu"], {"accelerator": "cpu", "devices": 1, "strategy": "auto"}),
+    (["trainer=gpu", "trainer.devices=[0]"], {"accelerator": "cpu", "devices": 1, "strategy": "auto"}),
+    (["trainer=ddp"], {"accelerator": "cpu", "devices": 1, "strategy": "auto"}),  # devices=auto: every GPU of none
+    (["trainer=ddp", "trainer.devices=[0,1]"], {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}),
+    (["trainer=cpu", "trainer.accelerator=auto", "trainer.devices=[2]"], {"accelerator": "cpu", "devices": 1}),
 ])
-def test_gpu_trainer_on_a_machine_without_gpus(tmp_path, data, trainer, expected):
-    assert _refused(tmp_path, PADIM, f"datamodule.data_path={data}", trainer).startswith(expected)
+def test_gpu_trainer_on_a_machine_without_gpus_runs_on_the_cpu(data, overrides, expected, caplog):
+    from quadra_ad.config.compose import compose_config
+    from quadra_ad.startup_checks import check_before_run
+
+    with caplog.at_level("WARNING"):
+        cfg = compose_config([PADIM, f"datamodule.data_path={data}", *overrides])
+    for key, value in expected.items():
+        assert cfg.trainer[key] == value, (key, cfg.trainer[key])
+    warnings = [r.getMessage() for r in caplog.records if "this machine has no GPU: running on the CPU" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("trainer.accelerator="), warnings
+    check_before_run(cfg)  # and nothing else refuses it
+
+
+def test_cpu_trainers_are_left_as_they_are(data, caplog):
+    from quadra_ad.config.compose import compose_config
+
+    with caplog.at_level("WARNING"):
+        cfg = compose_config([PADIM, f"datamodule.data_path={data}", "trainer=ddp_cpu"])
+    assert cfg.trainer.devices == 2 and cfg.trainer.strategy == "ddp" and not caplog.records
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="elsewhere Lightning decides")

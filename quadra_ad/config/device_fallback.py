@@ -1,0 +1,51 @@
+"""A GPU trainer on a machine without a GPU runs on the CPU, with one warning line.
+
+Experiment files written for a GPU workstation (Quadra's use ``trainer: lightning_gpu`` with
+``devices: [0]``) should run unchanged on a laptop or a CPU-only CI machine: the run is the same
+apart from its speed, so refusing it would only make the user edit a file they will take back to
+the GPU. The switch happens on the composed config, so ``--cfg job`` prints what runs.
+"""
+
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from quadra_ad.config.validation import GPU_ACCELERATORS, STRATEGIES, gpus_visible
+
+
+def _process_count(devices: Any) -> int:
+    """How many processes a GPU ``trainer.devices`` asked for: the count of a list, a whole
+    number as it is, 1 for anything else (``auto``, ``-1``: every GPU, of which there are none)."""
+    if isinstance(devices, (list, tuple, ListConfig)):
+        return max(1, len(devices))
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+        return devices
+    return 1
+
+
+def fall_back_to_cpu(cfg: DictConfig) -> str | None:
+    """Move a GPU trainer to the CPU when this machine has no GPU; return the warning line, or None
+    when nothing changed. DDP stays DDP, on as many CPU processes as it asked GPUs; any other
+    strategy (and DDP over one GPU, or over ``auto``: every GPU of none) runs one process."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", throw_on_missing=False)
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1, throw_on_missing=False)
+    # ``auto`` with a list of device indices (Quadra's ``devices: [2]``) asks for those GPUs too.
+    asks_gpus = accelerator in GPU_ACCELERATORS or (accelerator == "auto" and isinstance(devices, ListConfig))
+    if not asks_gpus or gpus_visible():
+        return None
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto", throw_on_missing=False)
+    processes = _process_count(devices) if strategy in STRATEGIES[1:] else 1
+    ddp = processes > 1
+    struct = OmegaConf.is_struct(cfg)
+    OmegaConf.set_struct(cfg, False)
+    try:
+        OmegaConf.update(cfg, "trainer.accelerator", "cpu", merge=False)
+        OmegaConf.update(cfg, "trainer.devices", processes, merge=False)
+        if not ddp and strategy in STRATEGIES[1:]:
+            OmegaConf.update(cfg, "trainer.strategy", "auto", merge=False)  # DDP of one process is one process
+    finally:
+        OmegaConf.set_struct(cfg, struct)
+    shown = OmegaConf.to_container(devices) if isinstance(devices, ListConfig) else devices
+    how = f"DDP on {processes} CPU processes" if ddp else "1 CPU process"
+    return (f"trainer.accelerator={accelerator} (devices={shown}) but this machine has no GPU: running on the CPU "
+            f"({how}); use trainer=cpu to say so and silence this line")
