@@ -8,10 +8,12 @@ stack; we check reachability first, switch the hub to offline mode for the const
 """
 
 import concurrent.futures
+import functools
 import logging
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig
@@ -89,26 +91,48 @@ def check_backbone_layers(cfg: DictConfig) -> None:
         value = cfg.model.get(key)
         if not isinstance(value, str | ListConfig) or not value:
             continue
-        available = _feature_names(backbone)
+        available = list(feature_channels(backbone))
         if available and (message := unknown_layer_message(f"model.{key}", value, backbone, available)):
             raise ConfigError(message)
 
 
-def _feature_names(backbone: str) -> list[str]:
-    """The feature maps timm offers for ``backbone`` (built on the meta device: no memory, no
-    weights); empty when timm does not know it (the model's build then says so)."""
+@functools.cache
+def feature_channels(backbone: str) -> dict[str, int]:
+    """The feature maps timm offers for ``backbone`` and their channels (built on the meta
+    device: no memory, no weights, no random draw); empty when timm does not know it (the
+    model's build then says so)."""
     import timm
 
     try:
         with torch.device("meta"):
             extractor = timm.create_model(backbone, pretrained=False, features_only=True)
     except Exception:  # noqa: BLE001 - not a timm CNN: nothing to check here
-        return []
-    return [info["module"] for info in extractor.feature_info.info]
+        return {}
+    return {info["module"]: info["num_chs"] for info in extractor.feature_info.info}
+
+
+def model_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """Arguments the model gets on top of ``cfg.model``: PaDiM's ``n_features`` where the config
+    leaves it null and anomalib has no default the layers can give (:mod:`quadra_ad.models.padim`)."""
+    model = cfg.model
+    backbone, layers = model.get("backbone"), model.get("layers")
+    if not str(model.get("_target_", "")).endswith(".Padim") or not isinstance(backbone, str):
+        return {}
+    if not isinstance(layers, ListConfig | list) or not layers:
+        return {}
+    channels = feature_channels(backbone)
+    if not channels or any(layer not in channels for layer in layers):
+        return {}  # not a timm CNN, or layers anomalib refuses in its own words
+    from quadra_ad.models.padim import padim_n_features
+
+    layers = [str(layer) for layer in layers]
+    n_features = padim_n_features(model.get("n_features"), backbone, layers, sum(channels[k] for k in layers))
+    return {} if n_features is None else {"n_features": n_features}
 
 
 def _build_model(cfg: DictConfig) -> torch.nn.Module:
     check_backbone_layers(cfg)
+    arguments = model_arguments(cfg)
     backbone = cfg.get("backbone") or {}
     has_switch = "pre_trained" in cfg.model
     # Models without a pre_trained argument always download: backbone.pre_trained decides for them.
@@ -120,12 +144,12 @@ def _build_model(cfg: DictConfig) -> torch.nn.Module:
         from quadra_ad.models.packaged_weights import packaged_state_dict
 
         state = packaged_state_dict(str(packaged), str(name))
-        model = instantiate_node(cfg, "model", pre_trained=False, _convert_="all")
+        model = instantiate_node(cfg, "model", pre_trained=False, _convert_="all", **arguments)
         load_backbone_state(model, state, str(name), f"backbone.packaged_weights={packaged}")
         return model
     if weights_file:
         # Local weights replace the download entirely.
-        model = instantiate_node(cfg, "model", pre_trained=False, _convert_="all")
+        model = instantiate_node(cfg, "model", pre_trained=False, _convert_="all", **arguments)
         load_backbone_weights(model, weights_file, str(name))
         return model
     offline = pre_trained and not hub_reachable()
@@ -137,9 +161,9 @@ def _build_model(cfg: DictConfig) -> torch.nn.Module:
                 from quadra_ad.models.offline import random_backbone_weights
 
                 with random_backbone_weights():
-                    return instantiate_node(cfg, "model", _convert_="all")
+                    return instantiate_node(cfg, "model", _convert_="all", **arguments)
             # Plain lists, not ListConfig: Lightning checkpoints must load with weights_only=True.
-            return instantiate_node(cfg, "model", _convert_="all")
+            return instantiate_node(cfg, "model", _convert_="all", **arguments)
     except ConfigError:
         raise  # already one line naming the key (a model's own check)
     except Exception as error:

