@@ -4,7 +4,7 @@ Each model runs its smoke recipe (quadra_ad.testing.smoke: smallest input size, 
 weights, offline stand-ins) in its own process on a synthetic dataset: train + test + export,
 then the inference task on both exported files, compared with the training scores.
 
-    python scripts/support_matrix.py                     # all models, updates README.md
+    python scripts/support_matrix.py                     # all models, updates docs/models.md
     python scripts/support_matrix.py --models padim stfpm --no-readme
 """
 
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+README = ROOT / "docs" / "models.md"
 START, END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
 
 
@@ -117,7 +117,7 @@ def markdown(rows: list[dict], machine: str) -> str:
 def update_readme(table: str) -> None:
     text = README.read_text(encoding="utf-8")
     if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} block")
+        raise SystemExit(f"docs/models.md has no {START} ... {END} block")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     README.write_text(f"{head}{START}\n{table}\n{END}{tail}", encoding="utf-8")

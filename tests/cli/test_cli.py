@@ -143,6 +143,16 @@ def test_full_error_env_shows_the_traceback(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
+#: What the demo used to print that no user acts on: the config's instantiation log, Lightning's
+#: model summary, device and val_check_interval notes, third-party warnings and adverts, MLflow's
+#: database creation, the threshold object's repr.
+NOT_ON_THE_TERMINAL = (
+    "Instantiating", "Total params", "| Name", "val_check_interval", "GPU available", "TPU available",
+    "Trainer already configured", "Initializing Padim model", "Warning", "litlogger",
+    "Creating initial MLflow database tables", "Calibration(",
+)
+
+
 def test_offline_demo_runs_end_to_end(tmp_path):
     returned = tmp_path / "returned.json"
     result = quadra_ad(
@@ -172,11 +182,14 @@ def test_offline_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "mlflow.db").is_file()
     assert f"quadra-ad: run folder {run_dir}" in result.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
-    # A quiet terminal: no third-party warnings or adverts, each Lightning line once.
+    # The terminal shows what a user acts on; how the run was built stays in its log file.
     printed = result.stdout + result.stderr
-    assert "Warning" not in printed and "litlogger" not in printed, result.stderr[-3000:]
-    assert printed.count("GPU available: False") == 1
-    assert "Creating initial MLflow database tables" not in printed
+    for noise in NOT_ON_THE_TERMINAL:
+        assert noise not in printed, (noise, printed[-3000:])
+    log_file = (run_dir / "cli.log").read_text()
+    assert log_file.count("Instantiating ") >= 5  # task, datamodule, model, callbacks, trainer
+    assert "Total params" in log_file and "val_check_interval" in log_file
+    assert log_file.count("GPU available: False") == 1  # Lightning's lines once, not twice
 
     # Second half of the round trip: the exported ONNX model on the same data, from the CLI.
     inference = quadra_ad(
@@ -258,14 +271,60 @@ def test_tracking_failure_is_one_line_on_stderr_and_the_run_still_succeeds(tmp_p
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_third_party_warnings_are_hidden_unless_verbose(verbose):
+def test_third_party_warnings_go_to_the_log_file_unless_verbose(verbose, tmp_path):
     import subprocess
     import sys
 
-    code = ("from quadra_ad.quiet import quiet_third_party; import warnings; "
+    log_file = tmp_path / "run.log"
+    # As under Hydra: the root logger writes to the terminal and to the run's log file.
+    code = ("import logging, sys, warnings; from quadra_ad.quiet import quiet_third_party; "
+            f"logging.basicConfig(level=logging.INFO, handlers=[logging.StreamHandler(sys.stderr), "
+            f"logging.FileHandler({str(log_file)!r})]); "
             f"quiet_third_party(verbose={verbose}); "
-            "warnings.warn_explicit('old API is deprecated', FutureWarning, 'layers.py', 1, module='timm.models.layers'); "
-            "warnings.warn_explicit('our own warning', UserWarning, 'x.py', 1, module='quadra_ad.x')")
+            "warnings.warn_explicit('old API is deprecated', FutureWarning, "
+            "'/venv/lib/python3.11/site-packages/timm/models/layers.py', 1, module='timm.models.layers'); "
+            "warnings.warn_explicit('our own warning', UserWarning, '/src/quadra_ad/x.py', 1, module='quadra_ad.x'); "
+            "logging.getLogger('quadra_ad.config.instantiation').info('Instantiating model <x>'); "
+            "logging.getLogger('lightning.pytorch.utilities.rank_zero').info('GPU available: False, used: False'); "
+            "logging.getLogger('lightning.pytorch.utilities.rank_zero').warning('a warning from Lightning')")
     stderr = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
-    assert "our own warning" in stderr
-    assert ("old API is deprecated" in stderr) == verbose
+    logged = log_file.read_text()
+    assert "our own warning" in stderr and "a warning from Lightning" in stderr
+    # Either on the terminal (verbose) or in the log file: never lost.
+    assert ("old API is deprecated" in stderr) == verbose != ("old API is deprecated" in logged)
+    for line in ("Instantiating model", "GPU available"):
+        assert (line in stderr) == verbose and line in logged, line
+
+
+@pytest.mark.parametrize(("category", "folder"), [("bottle", "3_padim_bottle"), ("metal nut", "3_padim_metal-nut"),
+                                                  (None, "3_padim"), ("a/b", "3_padim_a-b")])
+def test_sweep_job_folders_name_the_experiment_and_category(category, folder):
+    from omegaconf import OmegaConf
+
+    from quadra_ad.config.locations import config_dir
+    from quadra_ad.config.resolvers import register_resolvers
+
+    register_resolvers()  # what quadra-ad does before Hydra starts
+    shipped = OmegaConf.load(config_dir() / "hydra" / "default.yaml").sweep
+    job = OmegaConf.create({"hydra": {"job": {"num": 3}, "sweep": shipped}, "core": {"name": "padim"},
+                            "datamodule": {"category": category}})
+    assert job.hydra.sweep.subdir == folder
+
+
+@pytest.mark.slow
+def test_a_category_sweep_writes_one_named_folder_per_job_and_reports_them(tmp_path):
+    for seed, name in enumerate(["bottle", "metal nut"]):
+        write_synthetic_dataset(tmp_path / "mvtec" / name, n_train=4, n_test_good=2, n_test_defect=2, size=16,
+                                seed=seed)
+    result = quadra_ad(
+        "-m", "experiment=base/anomaly/padim", f"datamodule.data_path={tmp_path / 'mvtec'}", "datamodule.category=*",
+        "backbone.pre_trained=false", "transforms.input_size=[32,32]", "export.types=[]",
+        "trainer.enable_progress_bar=false", "datamodule.num_workers=0", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    jobs = sorted(path.name for path in sweep.iterdir() if (path / ".hydra").is_dir())
+    assert jobs == ["0_padim_bottle", "1_padim_metal-nut"]
+    report = (sweep / "report" / "sweep_report.csv").read_text()
+    assert "0_padim_bottle,bottle,Padim,FINISHED" in report and "1_padim_metal-nut,metal nut,Padim,FINISHED" in report
+    assert "best job by image_AUROC: job 0 (" in result.stderr

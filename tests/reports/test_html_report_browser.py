@@ -1,12 +1,14 @@
 """``report.html`` in a real headless chromium: from the run folder, and inside ``mlflow ui``'s
 artifact view of the run (the UI fetches it with /get-artifact and shows it in a sandboxed frame)."""
 
+import os
 import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.mlflow_processes import start_mlflow, stop_mlflow
+from tests.reports.conftest import find_or_install_chromium
 
 
 def _watch(page) -> list[str]:
@@ -78,3 +80,23 @@ def test_report_opens_in_the_mlflow_ui_artifact_view(report_run, browser, mlflow
     ours = [problem for problem in problems if "/ajax-api/" not in problem]
     assert not ours, ours
     page.close()
+
+
+def test_without_chromium_or_apt_get_the_browser_tests_skip_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither chromium nor apt-get on it
+    announced = []
+    with pytest.raises(pytest.skip.Exception, match="no apt-get to install it"):
+        find_or_install_chromium(announced.append)
+    assert announced == []
+
+
+def test_a_failing_chromium_install_is_announced_then_skips_with_apt_gets_words(tmp_path, monkeypatch):
+    apt_get = tmp_path / "apt-get"  # as apt-get answers offline or without the package
+    apt_get.write_text("#!/bin/sh\necho 'E: Unable to locate package chromium' >&2\nexit 100\n")
+    apt_get.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    announced = []
+    with pytest.raises(pytest.skip.Exception, match=r"failed \(exit 100: E: Unable to locate package chromium\)"):
+        find_or_install_chromium(announced.append)
+    assert len(announced) == 1 and "installing it with 'apt-get install -y chromium'" in announced[0]
