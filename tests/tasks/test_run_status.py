@@ -170,11 +170,27 @@ def test_sigterm_to_the_process_group_during_training_ends_the_run_killed(segmen
     assert mlflow_run.data.tags["quadra_ad.error"].startswith("Terminated")
 
 
+def _wait_until_sigterm_is_caught(pid: int, timeout: float = 60) -> None:
+    """Until the process has its own SIGTERM handler (Linux's /proc says which signals it catches).
+    A fixed sleep is not enough on a loaded machine: a signal sent before the handler exists finds
+    whatever disposition the process inherited (ignored, when the test runner ignores it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = open(f"/proc/{pid}/status").read()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the command never installed its SIGTERM handler")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc to see the signal handler")
 def test_sigterm_during_start_up_is_one_line(segmentation_dataset, tmp_path):
     command = [*QUADRA_AD, "experiment=base/anomaly/padim", *fast_overrides(segmentation_dataset, None)]
     with (tmp_path / "stdout.txt").open("w") as out, (tmp_path / "stderr.txt").open("w") as err_file:
         process = _start_in_own_group(command, tmp_path, out, err_file)
-        time.sleep(1.5)  # past the checks, inside the imports of torch and anomalib
+        _wait_until_sigterm_is_caught(process.pid)
+        time.sleep(1.0)  # past the checks, inside the imports of torch and anomalib
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=120)
     err = (tmp_path / "stderr.txt").read_text()
