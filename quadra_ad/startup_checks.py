@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from quadra_ad.config.quadra_keys import INFERENCE_TASK
 from quadra_ad.config.validation import validate_values
 from quadra_ad.datamodules.augmentations import check_augmentations
 from quadra_ad.models.backbone_weights import check_backbone_weights_file
@@ -18,7 +19,6 @@ from quadra_ad.errors import ConfigError
 
 #: The datamodule whose folder the user gives (the digit datamodules write their own).
 FOLDER_DATAMODULE = "quadra_ad.datamodules.AnomalyDataModule"
-INFERENCE_TASK = "quadra_ad.tasks.AnomalyInferenceTask"
 
 
 def check_working_directory(folder: Path | None = None) -> None:

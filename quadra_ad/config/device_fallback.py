@@ -6,21 +6,9 @@ apart from its speed, so refusing it would only make the user edit a file they w
 the GPU. The switch happens on the composed config, so ``--cfg job`` prints what runs.
 """
 
-from typing import Any
-
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from quadra_ad.config.validation import GPU_ACCELERATORS, STRATEGIES, gpus_visible
-
-
-def _process_count(devices: Any) -> int:
-    """How many processes a GPU ``trainer.devices`` asked for: the count of a list, a whole
-    number as it is, 1 for anything else (``auto``, ``-1``: every GPU, of which there are none)."""
-    if isinstance(devices, (list, tuple, ListConfig)):
-        return max(1, len(devices))
-    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
-        return devices
-    return 1
+from quadra_ad.config.validation import GPU_ACCELERATORS, STRATEGIES, gpus_visible, process_count
 
 
 def fall_back_to_cpu(cfg: DictConfig) -> str | None:
@@ -34,14 +22,16 @@ def fall_back_to_cpu(cfg: DictConfig) -> str | None:
     if not asks_gpus or gpus_visible():
         return None
     strategy = OmegaConf.select(cfg, "trainer.strategy", default="auto", throw_on_missing=False)
-    processes = _process_count(devices) if strategy in STRATEGIES[1:] else 1
+    asks_ddp = strategy in STRATEGIES[1:]
+    # As many CPU processes as GPUs asked for; ``auto`` or ``-1`` (every GPU, of which there are none): one.
+    processes = max(1, process_count(devices) or 1) if asks_ddp else 1
     ddp = processes > 1
     struct = OmegaConf.is_struct(cfg)
     OmegaConf.set_struct(cfg, False)
     try:
         OmegaConf.update(cfg, "trainer.accelerator", "cpu", merge=False)
         OmegaConf.update(cfg, "trainer.devices", processes, merge=False)
-        if not ddp and strategy in STRATEGIES[1:]:
+        if asks_ddp and not ddp:
             OmegaConf.update(cfg, "trainer.strategy", "auto", merge=False)  # DDP of one process is one process
     finally:
         OmegaConf.set_struct(cfg, struct)

@@ -25,6 +25,7 @@ from quadra_ad.errors import ConfigErrors
 
 _MISSING = object()
 
+#: Our inference task (Quadra's AnomalibEvaluation; the pre-run checks read the card for it).
 INFERENCE_TASK = "quadra_ad.tasks.AnomalyInferenceTask"
 
 #: Quadra's task classes and ours.

@@ -59,7 +59,7 @@ def _strategy(value: Any) -> bool:
     return value in STRATEGIES
 
 
-def _process_count(devices: Any) -> int | None:
+def process_count(devices: Any) -> int | None:
     """How many processes ``trainer.devices`` asks for on one machine (None: Lightning decides)."""
     if _whole(devices):
         return devices
@@ -76,7 +76,7 @@ def distributed_mistakes(cfg: DictConfig) -> list[str]:
     devices = OmegaConf.select(cfg, "trainer.devices", default=1, throw_on_missing=False)
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto", throw_on_missing=False)
     num_nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1, throw_on_missing=False)
-    processes = _process_count(devices)
+    processes = process_count(devices)
     if accelerator == "cpu" and _sequence(devices):
         return [f"trainer.devices={_shown(devices)} (on CPU it takes the number of processes, e.g. 2)"]
     if strategy == "auto" and processes is not None and processes > 1:
@@ -293,17 +293,6 @@ def gpus_visible() -> bool:
     return any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists() or (dev / "dxg").exists()
 
 
-def accelerator_mistakes(cfg: DictConfig) -> list[str]:
-    """A GPU trainer on a machine without GPUs (Lightning's own error is a traceback)."""
-    accelerator = _select(cfg, "trainer.accelerator")
-    if accelerator not in GPU_ACCELERATORS or gpus_visible():
-        return []
-    if _select(cfg, "trainer.strategy") in STRATEGIES[1:]:
-        return [f"trainer=ddp (trainer.accelerator={accelerator}) runs one process per GPU and this machine has no GPU: "
-                f"use trainer=ddp_cpu for DDP on CPU processes, or trainer=cpu"]
-    return [f"trainer.accelerator={accelerator} needs a GPU and this machine has none: use trainer=cpu"]
-
-
 @functools.cache
 def top_level_sections() -> tuple[str, ...]:
     """The sections a composed config may have at its top: the groups of the root config.yaml's
@@ -341,7 +330,7 @@ def unknown_section_mistakes(cfg: DictConfig) -> list[str]:
 
 
 #: Checks of keys that must agree with each other, after each key's own value passed its rule.
-CONSISTENCY_CHECKS = (accelerator_mistakes, layer_mistakes, threshold_mistakes,
+CONSISTENCY_CHECKS = (layer_mistakes, threshold_mistakes,
                       unknown_section_mistakes)
 
 
@@ -360,18 +349,23 @@ def _wrong_values(cfg: DictConfig) -> list[str]:
     return wrong or distributed_mistakes(cfg)
 
 
+def _missing_values(cfg: DictConfig) -> list[ConfigError]:
+    """The first mandatory value (``???``) left unset in each node that has them."""
+    return [error for node in NODES_WITH_MANDATORY_VALUES if (error := missing_value_error(cfg, node))]
+
+
 def value_mistakes(cfg: DictConfig) -> list[str]:
     """Every mistake :func:`validate_values` finds, one line each, where it raises the first kind
     only: for reporting them together with others (a Quadra file's keys without a counterpart)."""
     lines = [f"{line}: fix the value on the command line or in the experiment file" for line in _wrong_values(cfg)]
     if not lines:
-        lines = [check(cfg)[0] for check in CONSISTENCY_CHECKS if check(cfg)]
-    return lines + [str(error) for node in NODES_WITH_MANDATORY_VALUES if (error := missing_value_error(cfg, node))]
+        lines = [mistakes[0] for check in CONSISTENCY_CHECKS if (mistakes := check(cfg))]
+    return lines + [str(error) for error in _missing_values(cfg)]
 
 
 def validate_values(cfg: DictConfig) -> None:
     """Raise one ConfigError naming every key whose value the run cannot use, and what it takes."""
-    missing = [error for node in NODES_WITH_MANDATORY_VALUES if (error := missing_value_error(cfg, node))]
+    missing = _missing_values(cfg)
     wrong = _wrong_values(cfg)
     if wrong:
         also = f"; and {missing[0]}" if missing else ""

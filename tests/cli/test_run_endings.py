@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,7 +14,7 @@ from quadra_ad.files import disk_is_full
 from quadra_ad.errors import exception_chain
 from quadra_ad.interrupts import stopped_by_sigterm
 from quadra_ad.run import build_task, run
-from tests.cli_runner import QUADRA_AD, quadra_ad, quadra_ad_env
+from tests.cli_runner import QUADRA_AD, quadra_ad, quadra_ad_env, wait_until_training_runs
 from tests.conftest import fast_overrides, training_config
 
 #: What a process ended by SIGPIPE reports: 141 from a shell, -13 from subprocess.
@@ -174,11 +173,7 @@ def test_sigterm_to_a_run_without_mlflow_says_no_run_was_logged(segmentation_dat
     with (tmp_path / "stdout.txt").open("w") as out, (tmp_path / "stderr.txt").open("w") as err_file:
         process = subprocess.Popen(command, cwd=tmp_path, env=quadra_ad_env(), stdout=out, stderr=err_file)
         try:
-            deadline = time.monotonic() + 180
-            while not any("train_loss_epoch" in p.read_text()
-                          for p in tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")):
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()
-                time.sleep(0.2)
+            wait_until_training_runs(process, tmp_path)
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=120)
         finally:

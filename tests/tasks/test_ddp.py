@@ -214,11 +214,10 @@ def test_sigterm_to_the_launching_process_ends_every_process_and_marks_the_run_k
     import os
     import signal
     import subprocess
-    import time
 
     import psutil
 
-    from tests.cli_runner import QUADRA_AD, quadra_ad_env
+    from tests.cli_runner import QUADRA_AD, quadra_ad_env, wait_until_training_runs
 
     command = [*QUADRA_AD, *_overrides("base/anomaly/stfpm", odd_dataset, tmp_path, *TWO_PROCESSES,
                                        "trainer.max_epochs=100000", "export.types=[]")]
@@ -226,11 +225,7 @@ def test_sigterm_to_the_launching_process_ends_every_process_and_marks_the_run_k
         process = subprocess.Popen(command, cwd=tmp_path, env=quadra_ad_env(), stdout=out, stderr=err_file,
                                    start_new_session=True)
         try:
-            deadline = time.monotonic() + 240
-            while not any("train_loss_epoch" in p.read_text()
-                          for p in tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")):
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()
-                time.sleep(0.2)
+            wait_until_training_runs(process, tmp_path, timeout=240)
             others = psutil.Process(process.pid).children()
             assert others, "the second process of the run is not there"
             process.send_signal(signal.SIGTERM)  # to the launching process only, as `kill <pid>` does

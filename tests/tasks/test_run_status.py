@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from quadra_ad.run import run
 from quadra_ad.tasks.anomaly_training import AnomalyTrainingTask
 from quadra_ad.upload_cli import main as upload_main
-from tests.cli_runner import QUADRA_AD, quadra_ad_env
+from tests.cli_runner import QUADRA_AD, quadra_ad_env, signal_mask, wait_until_training_runs
 from tests.conftest import fast_overrides, training_config
 
 
@@ -52,20 +52,6 @@ def test_ctrl_c_ends_the_run_killed(segmentation_dataset, tmp_path, monkeypatch)
     assert mlflow_run.info.status == "KILLED"
 
 
-def _wait_until_training_runs(process: subprocess.Popen, tmp_path) -> None:
-    """Lightning's CSV log holds the first epoch's training loss: training is under way.
-
-    The file itself can appear a moment earlier, with the validation row only (the epoch's
-    training loss is written at the epoch's very end); a signal sent then finds no epoch logged.
-    """
-    deadline = time.monotonic() + 180
-    while not any("train_loss_epoch" in path.read_text()
-                  for path in tmp_path.glob("outputs/**/lightning_logs/*/metrics.csv")):
-        assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
-        assert time.monotonic() < deadline, "training did not start within 180 s"
-        time.sleep(0.2)
-
-
 def test_ctrl_c_sent_to_the_command_during_training_ends_the_run_killed(segmentation_dataset, tmp_path):
     command = [*QUADRA_AD, "experiment=base/anomaly/stfpm", "trainer.max_epochs=100000", "export.types=[]",
                *fast_overrides(segmentation_dataset, tmp_path)]
@@ -75,8 +61,8 @@ def test_ctrl_c_sent_to_the_command_during_training_ends_the_run_killed(segmenta
         process = subprocess.Popen(command, cwd=tmp_path, env=quadra_ad_env(), stdout=out, stderr=err_file,
                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
-            _wait_until_training_runs(process, tmp_path)
-            ignored = _ignored_signals(process.pid)
+            wait_until_training_runs(process, tmp_path)
+            ignored = hex(signal_mask(process.pid, "SigIgn"))
             process.send_signal(signal.SIGINT)
             process.wait(timeout=180)
         finally:
@@ -90,13 +76,6 @@ def test_ctrl_c_sent_to_the_command_during_training_ends_the_run_killed(segmenta
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("stfpm").experiment_id])
     assert mlflow_run.info.status == "KILLED"
     assert list(client.get_metric_history(mlflow_run.info.run_id, "train_loss_epoch"))  # the epochs it did run
-
-
-def _ignored_signals(pid: int) -> str:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("SigIgn:"):
-            return line.split()[1]
-    return "?"
 
 
 def _closed_port() -> int:
@@ -145,7 +124,7 @@ def _signal_group_once_training_runs(command, tmp_path, signum) -> tuple[int, st
     with (tmp_path / "stdout.txt").open("w") as out, (tmp_path / "stderr.txt").open("w") as err_file:
         process = _start_in_own_group(command, tmp_path, out, err_file)
         try:
-            _wait_until_training_runs(process, tmp_path)
+            wait_until_training_runs(process, tmp_path)
             os.killpg(process.pid, signum)
             process.wait(timeout=120)
         finally:
@@ -171,17 +150,13 @@ def test_sigterm_to_the_process_group_during_training_ends_the_run_killed(segmen
 
 
 def _wait_until_sigterm_is_caught(pid: int, timeout: float = 60) -> None:
-    """Until the process has its own SIGTERM handler (Linux's /proc says which signals it catches).
-    A fixed sleep is not enough on a loaded machine: a signal sent before the handler exists finds
-    whatever disposition the process inherited (ignored, when the test runner ignores it)."""
+    """Until the process has its own SIGTERM handler. A fixed sleep is not enough on a loaded
+    machine: a signal sent before the handler exists finds whatever disposition the process
+    inherited (ignored, when the test runner ignores it)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = open(f"/proc/{pid}/status").read()
-        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
-        if caught & (1 << (signal.SIGTERM - 1)):
-            return
+    while not signal_mask(pid, "SigCgt") & (1 << (signal.SIGTERM - 1)):
+        assert time.monotonic() < deadline, "the command never installed its SIGTERM handler"
         time.sleep(0.05)
-    raise AssertionError("the command never installed its SIGTERM handler")
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc to see the signal handler")
