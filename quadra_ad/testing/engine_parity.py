@@ -124,7 +124,8 @@ def _packaged_weights(backbone: Backbone):
 
 
 def _load_all(extractor, weights) -> None:
-    """Load a whole-network state dict into a features-only timm model; every weight must come."""
+    """Load a whole-network state dict into a features-only timm model; every weight must come.
+    Not quadra_ad's ``load_backbone_state``: the reference side must not share a bug of ours."""
     missing = [k for k in extractor.load_state_dict(weights, strict=False).missing_keys
                if not k.endswith("num_batches_tracked")]
     if missing:
