@@ -9,7 +9,7 @@ INSTALLED_TEST = $(VENV)/.installed-test
 # Where `make docs` builds the site (git-ignored).
 SITE_DIR ?= site
 
-.PHONY: install install-test demo test test-slow docs
+.PHONY: install install-test demo test test-slow docs lint
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,7 @@ test-slow: install-test
 # end-of-life notice (NO_MKDOCS_2_WARNING) is not about our pages.
 docs: install-test
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(SITE_DIR)
+
+# The linter, with the settings in pyproject.toml ([tool.ruff]).
+lint: install-test
+	$(VENV)/bin/ruff check .

@@ -1,4 +1,4 @@
-"""AUPRO: anomalib's ``AUPRO`` metric against quadra_ad.aupro, time and value side by side.
+"""AUPRO: anomalib's ``AUPRO`` metric against quadra_ad.evaluation.aupro, time and value side by side.
 
 Generated test sets the size of the benchmark's (``scripts/benchmark.py``: 40 test images at
 128 px) and of a larger one (100 at 256 px): smooth anomaly maps (blurred noise), half the images
@@ -48,7 +48,7 @@ def anomalib_aupro(maps: torch.Tensor, masks: torch.Tensor) -> float:
 
 
 def ours(maps: torch.Tensor, masks: torch.Tensor) -> float:
-    from quadra_ad.aupro import aupro
+    from quadra_ad.evaluation.aupro import aupro
 
     return aupro(maps, masks, fpr_limit=0.3)
 
@@ -74,10 +74,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import anomalib.metrics.aupro  # noqa: F401 - imported before timing, as in a training run
-    import quadra_ad.aupro  # noqa: F401
+
+    import quadra_ad.evaluation.aupro  # noqa: F401 - imported before timing, as in a training run
 
     print(f"torch threads: {torch.get_num_threads()}; times: first call / median of {args.repeats} more")
-    header = f"{'test set':>14} | {'anomalib AUPRO':>26} | {'quadra_ad.aupro':>26} | {'speed-up':>8} | {'|difference|':>12}"
+    header = f"{'test set':>14} | {'anomalib AUPRO':>26} | {'quadra_ad.evaluation.aupro':>26} | {'speed-up':>8} | {'|difference|':>12}"
     print(header)
     print("-" * len(header))
     for entry in args.sets:

@@ -96,10 +96,10 @@ def disk_written_mb(before: dict, after: dict) -> float:
 
 # -- child: plain anomalib -------------------------------------------------------------------
 def child_engine(model: str, data: Path, size: int, seed: int, workdir: Path, result: Path) -> None:
-    from quadra_ad.testing.engine_parity import engine_setup, raw_score_auroc
+    import anomalib.engine
+    import anomalib.models  # noqa: F401 - imported before timing, as the engine would
 
-    import anomalib.engine  # noqa: F401 - imports are not part of any step, on either side
-    import anomalib.models  # noqa: F401
+    from quadra_ad.testing.engine_parity import engine_setup, raw_score_auroc
 
     timings = {}
     started = time.perf_counter()
@@ -147,8 +147,8 @@ def child_throughput(torch_file: Path, run_folder: Path, size: int, seconds: flo
     import onnxruntime as ort
     import torch
 
-    from quadra_ad.export.graph import AnomalyGraph
     from quadra_ad.deploy.loader import load_exported_model
+    from quadra_ad.export.graph import AnomalyGraph
 
     eager = AnomalyGraph(torch.load(torch_file, map_location="cpu", weights_only=False)["model"].model).eval()
     scripted_path = run_folder / "deployment_model" / "model.pt"

@@ -111,7 +111,7 @@ def measure(sampler: str, embedding_path: Path, ratio: float, seed: int) -> dict
 def auroc(sampler: str, data: Path, size: int, seed: int, workdir: Path) -> float:
     """image AUROC of a quadra-ad PatchCore run with ``sampler`` (in a child, for the malloc setting)."""
     code = (
-        "import sys; from quadra_ad.config.compose import compose_config; from quadra_ad.run import run\n"
+        "import sys; from quadra_ad.checks.composition import compose_config; from quadra_ad.run import run\n"
         "task = run(compose_config(sys.argv[2:]), output_dir=sys.argv[1]); print(task.metrics['image_AUROC'])"
     )
     overrides = [

@@ -82,16 +82,16 @@ def child_data(out: Path, n_train: int, size: int) -> None:
 
 def child_imports() -> None:
     """Import what a PatchCore run imports, and nothing else (the imports-only baseline)."""
-    import anomalib.engine  # noqa: F401
-    import anomalib.models  # noqa: F401
-    import lightning.pytorch  # noqa: F401
-    import timm  # noqa: F401
+    import anomalib.engine
+    import anomalib.models  # noqa: F401 - imported for its memory, as a run imports it
+    import lightning.pytorch  # noqa: F401 - imported for its memory, as a run imports it
+    import timm  # noqa: F401 - imported for its memory, as a run imports it
 
-    import quadra_ad.config.compose  # noqa: F401
-    import quadra_ad.datamodules  # noqa: F401
-    import quadra_ad.models.patchcore  # noqa: F401
-    import quadra_ad.run  # noqa: F401
-    import quadra_ad.tasks.anomaly_training  # noqa: F401
+    import quadra_ad.checks.composition
+    import quadra_ad.datamodules
+    import quadra_ad.models.patchcore
+    import quadra_ad.run
+    import quadra_ad.tasks.anomaly_training  # noqa: F401 - imported for its memory, as a run imports it
 
 
 def _install_probes(fit_class, result: Path) -> None:
@@ -170,7 +170,7 @@ def torch_element_size(dtype) -> int:
 
 
 def child_ours(data: Path, backbone: str, size: int, workdir: Path, result: Path, ratio: float | None) -> None:
-    from quadra_ad.config.compose import compose_config
+    from quadra_ad.checks.composition import compose_config
     from quadra_ad.models.patchcore import Patchcore
     from quadra_ad.run import run
 

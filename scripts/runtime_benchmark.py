@@ -63,13 +63,13 @@ def main() -> int:
     parser.add_argument("--runtime-python", help="python of a runtime-only environment (pip install quadra_ad)")
     args = parser.parse_args()
 
+    import importlib.util
+
     import numpy as np
 
     from quadra_ad.deploy import Predictor
     from quadra_ad.deploy.runners import onnx_session_options
     from quadra_ad.testing.synthetic import write_synthetic_dataset
-
-    import importlib.util
 
     has_openvino = importlib.util.find_spec("openvino") is not None
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +77,8 @@ def main() -> int:
         data = write_synthetic_dataset(folder / "data", n_train=16, n_test_good=4, n_test_defect=4, size=args.size)
         subprocess.run([sys.executable, "-m", "quadra_ad", "experiment=base/anomaly/padim", f"datamodule.data_path={data}",
                         "backbone.pre_trained=false", f"transforms.input_size=[{args.size},{args.size}]", "~logger",
-                        f"export.types=[{'onnx,openvino' if has_openvino else 'onnx'}]", "datamodule.num_workers=0", "trainer.enable_progress_bar=false",
+                        f"export.types=[{'onnx,openvino' if has_openvino else 'onnx'}]", "datamodule.num_workers=0",
+                        "trainer.enable_progress_bar=false",
                         f"hydra.run.dir={folder / 'run'}"], cwd=folder, check=True, capture_output=True, text=True)
         model = folder / "run" / "deployment_model" / "model.onnx"
         image = sorted((data / "test").rglob("*.png"))[0]

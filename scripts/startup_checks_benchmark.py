@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from quadra_ad.datamodules.preflight import check_dataset
+    from quadra_ad.checks.dataset import check_dataset
     from quadra_ad.testing.synthetic import write_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as tmp:

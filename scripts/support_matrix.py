@@ -28,10 +28,10 @@ def run_one(model: str, data: Path, folder: Path) -> dict:
 
     from lightning.pytorch import seed_everything
 
-    from quadra_ad.config.compose import compose_config
+    from quadra_ad.checks.composition import compose_config
     from quadra_ad.config.instantiation import instantiate_node
-    from quadra_ad.testing.smoke import EXPORT_FILES, RECIPES, compare_scores, inference_overrides, smoke_overrides
     from quadra_ad.run import run
+    from quadra_ad.testing.smoke import EXPORT_FILES, RECIPES, compare_scores, inference_overrides, smoke_overrides
 
     logging.basicConfig(level=logging.ERROR)
     recipe = RECIPES[model]
@@ -52,7 +52,7 @@ def run_one(model: str, data: Path, folder: Path) -> dict:
         return row
     task.export()
     task.report()
-    expected = dict(zip(task.collector.test.image_paths, task.collector.test.scores))
+    expected = dict(zip(task.collector.test.image_paths, task.collector.test.scores, strict=True))
     for export_type, file_name in EXPORT_FILES.items():
         if export_type not in task.exported:
             row[export_type] = f"no: {task.export_errors[0] if task.export_errors else 'not written'}"
@@ -61,7 +61,7 @@ def run_one(model: str, data: Path, folder: Path) -> dict:
         row[export_type] = "yes" if batch is None else "yes (batch 1)"
         model_path = folder / "train" / "deployment_model" / file_name
         inference = run(compose_config(inference_overrides(model_path, data)), output_dir=folder / f"infer_{export_type}")
-        got = dict(zip(inference.labelled.image_paths, inference.labelled.scores))
+        got = dict(zip(inference.labelled.image_paths, inference.labelled.scores, strict=True))
         comparison = compare_scores(expected, got, export_type)
         same_auroc = inference.metrics.get("image_AUROC") == task.metrics.get("image_AUROC")
         if not comparison.order_meaningful:
@@ -75,7 +75,8 @@ def run_one(model: str, data: Path, folder: Path) -> dict:
 
 #: anomalib 2.7 image models that are not offered, each with the reason (one line in the matrix).
 NOT_INCLUDED = {
-    "winclip": "not included: zero/few-shot CLIP (a vision-language model) with text prompts; nothing to train, CLIP weights are a download",
+    "winclip": "not included: zero/few-shot CLIP (a vision-language model) with text prompts; nothing to train, "
+               "CLIP weights are a download",
     "vlm_ad": "not included: asks a vision-language model (Ollama, OpenAI, Hugging Face) per image; no graph to export",
     "anomalyvfm": "not included: zero-shot, its weights come only from the Hugging Face hub; nothing to train",
     "cfm": "not included: needs a point cloud per image (RGB + 3D, Point-MAE); the folder datamodule gives images only",

@@ -76,10 +76,10 @@ def export_models(root: Path, size: int, train_images: int) -> dict[str, Path]:
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
     from quadra_ad.deploy.model_card import ModelCard, file_sha256
+    from quadra_ad.evaluation.thresholds import Calibration
     from quadra_ad.export.graph import AnomalyGraph
     from quadra_ad.export.writers import export_torchscript
     from quadra_ad.testing.synthetic import texture
-    from quadra_ad.thresholds import Calibration
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -51,8 +51,8 @@ _USERS_QUADRA_AD_BEFORE = _users_quadra_ad_paths()
 # Keep every test offline: the hub must never be asked for weights.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from quadra_ad.config.compose import compose_config  # noqa: E402
-from quadra_ad.testing.synthetic import write_synthetic_dataset  # noqa: E402
+from quadra_ad.checks.composition import compose_config  # noqa: E402 - after the offline settings above
+from quadra_ad.testing.synthetic import write_synthetic_dataset  # noqa: E402 - after the offline settings above
 
 IMAGE_SIZE = 32
 

@@ -1,10 +1,10 @@
-"""quadra_ad.aupro: the value of anomalib's AUPRO (to 1e-6), on every kind of mask set."""
+"""quadra_ad.evaluation.aupro: the value of anomalib's AUPRO (to 1e-6), on every kind of mask set."""
 
 import numpy as np
 import pytest
 import torch
 
-from quadra_ad.aupro import aupro, pro_curve, region_labels
+from quadra_ad.evaluation.aupro import aupro, pro_curve, region_labels
 
 TOLERANCE = 1e-6
 
@@ -104,7 +104,7 @@ def test_maps_of_a_padim_fit_give_anomalib_s_value():
     rng, size = np.random.default_rng(0), 64
     torch.manual_seed(0)
     model = PadimModel(backbone="resnet18", layers=["layer1", "layer2"], pre_trained=False, n_features=32)
-    as_batch = lambda images: torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()).float()  # noqa: E731
+    as_batch = lambda images: torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()).float()  # noqa: E731 - a one-line adapter read where it is used
     model.train()
     with torch.no_grad():
         model(as_batch([texture(rng, size) for _ in range(12)]))

@@ -6,22 +6,31 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "quadra_ad"
 
 #: Entry points and orchestration: the only rooms allowed to import the tasks.
-TOP = {"cli", "run", "compare_cli", "upload_cli", "predict_cli", "entry_points", "tasks", "testing", "__main__"}
+TOP = {"cli", "run", "tasks", "testing", "__main__"}
 #: Command-line modules: the only ones allowed to print.
-PRINTERS = {"quadra_ad.cli", "quadra_ad.compare_cli", "quadra_ad.upload_cli", "quadra_ad.predict_cli", "quadra_ad.entry_points"}
-#: Rooms that a given room must never import (beyond TOP, which no lower room imports).
-FORBIDDEN = {
-    "deploy": {"export", "callbacks", "datamodules", "models", "reports", "tracking", "metrics"},
-    "export": {"callbacks", "datamodules", "models", "reports", "tracking"},
-    "reports": {"callbacks", "export", "deploy", "models", "tracking"},
-    "callbacks": {"export", "deploy", "tracking"},
-    "thresholds": {"metrics", "reports", "callbacks", "export", "deploy", "models", "datamodules", "tracking"},
-}
+PRINTERS = {"quadra_ad.cli.train", "quadra_ad.cli.compare", "quadra_ad.cli.upload", "quadra_ad.cli.predict", "quadra_ad.cli.entry_points"}
+#: The rooms from the bottom up: a room imports only rooms on lower lines (none beside or above it),
+#: so the data flows one way: CLI → config → task → steps → export/report/tracking.
+LAYERS = (
+    {"errors", "versions", "quadra_ad"},
+    {"files", "runtime", "evaluation"},
+    {"deploy"},
+    {"config"},
+    {"datamodules", "models", "export"},
+    {"checks", "reports"},
+    {"callbacks", "tracking"},
+    {"tasks"},
+    {"run"},
+    {"testing", "cli"},
+    {"__main__"},
+)
+#: The evaluation modules the torch-free deploy room may read (numpy only).
+DEPLOY_READS_FROM_EVALUATION = {"quadra_ad.evaluation", "quadra_ad.evaluation.thresholds", "quadra_ad.evaluation.scored_set"}
+#: At most this many modules at the package root: everything else lives in a room that says its concern.
+MAX_ROOT_MODULES = 8
 
 
 def _module_name(path: Path) -> str:
@@ -63,13 +72,78 @@ def test_lower_rooms_never_import_the_tasks_or_the_entry_points():
     assert offending == []
 
 
-@pytest.mark.parametrize("room", sorted(FORBIDDEN))
-def test_room_imports_only_rooms_below_it(room):
+def _level(room: str) -> int:
+    return next(index for index, rooms in enumerate(LAYERS) if room in rooms)
+
+
+def test_every_room_has_a_place_in_the_layers():
+    rooms = {_room(module) for module in _import_graph()}
+    assert sorted(room for room in rooms if not any(room in layer for layer in LAYERS)) == []
+
+
+def test_rooms_import_only_rooms_below_them():
     offending = [
         f"{module} imports {target}"
-        for module, targets in _import_graph().items() if _room(module) == room
-        for target in targets if _room(target) in FORBIDDEN[room]
+        for module, targets in _import_graph().items()
+        for target in targets
+        if _room(target) != _room(module) and _level(_room(target)) >= _level(_room(module))
     ]
+    assert offending == []
+
+
+def test_the_deploy_room_reads_only_the_numpy_part_of_evaluation():
+    offending = [
+        f"{module} imports {target}"
+        for module, targets in _import_graph().items() if _room(module) == "deploy"
+        for target in targets if _room(target) == "evaluation" and target not in DEPLOY_READS_FROM_EVALUATION
+    ]
+    assert offending == []
+
+
+def test_the_package_root_holds_few_modules():
+    modules = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert len(modules) <= MAX_ROOT_MODULES, modules
+
+
+#: How a process ends is runtime's business: elsewhere nothing sets a signal handler, leaves the
+#: process with os._exit, swaps the unraisable hook, or catches the exceptions that stop a run.
+STOPPING = {"KeyboardInterrupt", "SystemExit", "Terminated", "OutputClosed"}
+
+
+def _caught(handler: ast.ExceptHandler) -> set[str]:
+    names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type] if handler.type else []
+    return {node.id if isinstance(node, ast.Name) else node.attr for node in names
+            if isinstance(node, (ast.Name, ast.Attribute))}
+
+
+def _reraises(handler: ast.ExceptHandler) -> bool:
+    return bool(handler.body) and isinstance(handler.body[-1], ast.Raise) and handler.body[-1].exc is None
+
+
+def _run_ending_code(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        where = f"{_module_name(path)}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+            if (owner, node.func.attr) in (("signal", "signal"), ("os", "_exit")):
+                found.append(f"{where} calls {owner}.{node.func.attr}")
+            if (owner, node.func.attr) == ("sys", "exit") and node.args and isinstance(node.args[0], ast.Constant) \
+                    and node.args[0].value not in (0, None):
+                found.append(f"{where} exits with a bare code {node.args[0].value!r}")
+        elif isinstance(node, ast.Assign) and any(isinstance(target, ast.Attribute) and target.attr == "unraisablehook"
+                                                  for target in node.targets):
+            found.append(f"{where} sets sys.unraisablehook")
+        elif isinstance(node, ast.ExceptHandler):
+            caught = _caught(node)
+            if caught & STOPPING or ("BaseException" in caught and not _reraises(node)):
+                found.append(f"{where} catches {', '.join(sorted(caught))}")
+    return found
+
+
+def test_how_a_run_ends_is_decided_in_the_runtime_room_only():
+    offending = [line for path in sorted(PACKAGE.rglob("*.py")) if _room(_module_name(path)) != "runtime"
+                 for line in _run_ending_code(path)]
     assert offending == []
 
 
@@ -130,6 +204,9 @@ def test_the_graph_checked_here_sees_the_known_imports():
     assert "quadra_ad.deploy.model_card" in graph["quadra_ad.export.writers"] or \
         "quadra_ad.deploy.runners" in graph["quadra_ad.export.writers"]
     assert "quadra_ad.callbacks.score_collector" in graph["quadra_ad.tasks.anomaly_training"]
+    assert _level("cli") > _level("tasks") > _level("export") > _level("deploy")
+    bad = ast.parse("try:\n    pass\nexcept (KeyboardInterrupt, ValueError):\n    pass\n").body[0].handlers[0]
+    assert _caught(bad) == {"KeyboardInterrupt", "ValueError"} and not _reraises(bad)
     assert _cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
 
 

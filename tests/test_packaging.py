@@ -34,8 +34,8 @@ def test_wheel_ships_configs_and_runs_from_another_directory(tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
     result = subprocess.run(
-        [sys.executable, "-c", "import quadra_ad.cli, sys; print(quadra_ad.cli.__file__); "
-         "sys.argv=['quadra-ad','experiment=generic/mnist/anomaly/padim','--cfg','job']; quadra_ad.cli.main()"],
+        [sys.executable, "-c", "import quadra_ad.cli.train, sys; print(quadra_ad.cli.train.__file__); "
+         "sys.argv=['quadra-ad','experiment=generic/mnist/anomaly/padim','--cfg','job']; quadra_ad.cli.train.main()"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -12,8 +12,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from quadra_ad.deploy.model_card import ModelCard
-from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration, ThresholdRule, calibrate
+from quadra_ad.evaluation.scored_set import ScoredSet
+from quadra_ad.evaluation.thresholds import Calibration, ThresholdRule, calibrate
 
 F1 = "F1-optimal on the validation images"
 

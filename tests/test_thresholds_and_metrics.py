@@ -10,8 +10,8 @@ import torch
 
 from quadra_ad.deploy.model_card import SCHEMA_VERSION, ModelCard, write_card_json
 from quadra_ad.errors import ConfigError
-from quadra_ad.metrics import aupro, image_metrics, pixel_metrics
-from quadra_ad.thresholds import Calibration, f1_optimal_threshold, normalize_scores
+from quadra_ad.evaluation.metrics import aupro, image_metrics, pixel_metrics
+from quadra_ad.evaluation.thresholds import Calibration, f1_optimal_threshold, normalize_scores
 
 
 def _f1_at(scores, labels, threshold) -> float:
@@ -112,7 +112,7 @@ def test_one_class_only_gives_counts_and_no_perfect_or_zero_scores(labels, word)
 
 
 def test_aupro_is_not_applicable_when_masks_cover_whole_images():
-    from quadra_ad.metrics import region_metrics
+    from quadra_ad.evaluation.metrics import region_metrics
 
     maps = torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(0))
     masks = torch.zeros(4, 8, 8, dtype=torch.bool)
@@ -146,7 +146,7 @@ def test_aupro_is_anomalib_aupro():
     reference = _AUPRO(fpr_limit=0.3)
     reference.update(maps, masks.int())
     value = aupro(maps, masks)
-    assert value == pytest.approx(float(reference.compute()), abs=1e-6)  # quadra_ad.aupro: same value, float32 rounding
+    assert value == pytest.approx(float(reference.compute()), abs=1e-6)  # quadra_ad.evaluation.aupro: same value, float32 rounding
     assert 0.5 < value < 1.0
 
 
@@ -207,8 +207,8 @@ def test_model_json_without_its_pixel_keys_is_refused(tmp_path):
 def test_a_score_equal_to_the_threshold_is_anomalous_on_every_path(tmp_path):
     import csv
 
+    from quadra_ad.evaluation.scored_set import ScoredSet
     from quadra_ad.reports.predictions import write_predictions
-    from quadra_ad.scored_set import ScoredSet
 
     # float32 scores as the models give them; the threshold is one of them (as the F1 rule picks it).
     scores = torch.tensor([10.104093, 10.104094, 10.104095, 3.0], dtype=torch.float32)
@@ -230,7 +230,7 @@ def test_a_score_equal_to_the_threshold_is_anomalous_on_every_path(tmp_path):
 
 @pytest.mark.parametrize("share", [0.0, 0.01, 0.05, 0.25, 0.5])
 def test_a_good_share_threshold_leaves_at_most_that_share_of_good_scores_at_or_above(share):
-    from quadra_ad.thresholds import good_share_threshold
+    from quadra_ad.evaluation.thresholds import good_share_threshold
 
     scores = np.random.default_rng(0).normal(size=200).astype(np.float32)
     scores[:20] = scores[20]  # ties must not let more through

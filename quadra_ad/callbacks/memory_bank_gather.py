@@ -11,8 +11,8 @@ import logging
 
 from lightning.pytorch import Callback
 
-from quadra_ad.distributed import world_size
 from quadra_ad.models.memory_bank import embedding_list, gather_embeddings, share_fitted_state
+from quadra_ad.runtime.distributed import world_size
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ AUROC a checkpoint monitors are computed over all images and are the same in eve
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from quadra_ad.distributed import gather_objects, global_order, world_size
-from quadra_ad.metrics import auroc, image_metrics
-from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration, ThresholdRule, calibrate, f1_optimal_threshold
+from quadra_ad.evaluation.metrics import auroc, image_metrics
+from quadra_ad.evaluation.scored_set import ScoredSet
+from quadra_ad.evaluation.thresholds import Calibration, ThresholdRule, calibrate, f1_optimal_threshold
+from quadra_ad.runtime.distributed import gather_objects, global_order, world_size
 
 #: Logged at every validation epoch during fit; a best-epoch checkpoint monitors it.
 VALIDATION_AUROC = "val_image_AUROC"

@@ -6,9 +6,42 @@ apart from its speed, so refusing it would only make the user edit a file they w
 the GPU. The switch happens on the composed config, so ``--cfg job`` prints what runs.
 """
 
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from quadra_ad.config.validation import GPU_ACCELERATORS, STRATEGIES, gpus_visible, process_count
+GPU_ACCELERATORS = ("gpu", "cuda")
+#: ``trainer.strategy`` values a run supports. ``ddp`` is Lightning's DDP started from the command
+#: line (one process per device; gloo on CPU); the spawn/fork variants cannot hand the collected
+#: scores back to the run (see quadra_ad/tasks/anomaly_training.py).
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
+
+
+def process_count(devices: Any) -> int | None:
+    """How many processes ``trainer.devices`` asks for on one machine (None: Lightning decides)."""
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        return devices
+    if isinstance(devices, (list, tuple, ListConfig)):
+        return len(devices)
+    return None
+
+
+def gpus_visible() -> bool:
+    """Whether this machine shows a GPU device, told without torch (which takes seconds to import).
+
+    Linux exposes NVIDIA GPUs as /dev/nvidia<N> (containers too), AMD ones through /dev/kfd and
+    WSL's through /dev/dxg. Elsewhere we cannot tell cheaply, and Lightning decides.
+    """
+    if not sys.platform.startswith("linux"):
+        return True
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    dev = Path("/dev")
+    return any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists() or (dev / "dxg").exists()
 
 
 def fall_back_to_cpu(cfg: DictConfig) -> str | None:

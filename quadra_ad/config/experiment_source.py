@@ -15,14 +15,14 @@ checked with hydra-core 1.3.8:
   ``experiment=`` offers nothing for nested names (``base/anomaly/padim``). :meth:`list` here
   gives every experiment, at any depth, as one option of the group.
 
-``--list experiment`` and the did-you-mean line come from :mod:`quadra_ad.config.preflight`.
+``--list experiment`` and the did-you-mean line come from :mod:`quadra_ad.checks.command_line`.
 """
 
 from pathlib import Path
 
+from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.object_type import ObjectType
 from hydra.core.plugins import Plugins
-from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf

@@ -44,7 +44,7 @@ def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         raise error
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if target:
-        # For the run's log file: quadra_ad.quiet keeps these lines off the terminal unless core.verbose.
+        # For the run's log file: quadra_ad.runtime.quiet_terminal keeps these lines off the terminal unless core.verbose.
         log.info("Instantiating %s <%s>", key, target)
     try:
         return instantiate(node, **kwargs)

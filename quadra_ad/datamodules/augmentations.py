@@ -70,7 +70,7 @@ def build_train_augmentation(transforms: Sequence[Any] | None) -> TrainAugmentat
     if not transforms:
         return None
     try:
-        import albumentations  # noqa: F401
+        import albumentations  # noqa: F401 - only to tell whether it is installed
     except ImportError:
         raise ConfigError(f"{KEY} needs albumentations: pip install 'albumentations>=2.0,<2.1'") from None
     return TrainAugmentation(list(transforms))
@@ -140,7 +140,7 @@ def _check_entry(albumentations, entry: Any, where: str) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             instantiate(entry)
-    except Exception as error:  # noqa: BLE001 - whatever the constructor refuses, the value is at fault
+    except Exception as error:
         cause = error
         while cause.__cause__ is not None:
             cause = cause.__cause__

@@ -36,7 +36,7 @@ def _check_against_card(model: ExportedModel) -> None:
             )
     try:
         outputs = model.run_graph(np.zeros((1, card.input_channels, height, width), dtype=np.float32))
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - any runtime's failure on a probe input means the card does not fit
         raise ConfigError(
             f"model.json beside '{model.path}' does not match the graph: a {card.input_channels}x{height}x{width} "
             f"input fails ({first_line(error)})"

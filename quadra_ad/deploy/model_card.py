@@ -29,8 +29,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from quadra_ad.errors import ConfigError, ExportError
+from quadra_ad.evaluation.thresholds import Calibration
 from quadra_ad.files import file_kind, write_text
-from quadra_ad.thresholds import Calibration
 
 MODEL_JSON = "model.json"
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".jit")

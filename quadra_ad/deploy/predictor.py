@@ -22,7 +22,8 @@ run's predictions.csv).
 import math
 import numbers
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Set as AbstractSet
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from quadra_ad.deploy.model_uri import fetch_deployment_folder, is_model_uri
 from quadra_ad.deploy.preprocess import Preprocessor
 from quadra_ad.deploy.runners import ExportedModel, first_line
 from quadra_ad.errors import ConfigError, DatasetError
-from quadra_ad.thresholds import Calibration
+from quadra_ad.evaluation.thresholds import Calibration
 
 
 @dataclass

@@ -61,7 +61,8 @@ class TorchScriptModel(ExportedModel):
         try:
             self.module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as error:  # noqa: BLE001 - any load failure means a bad file
-            raise ConfigError(f"task.model_path '{path}' cannot be loaded as TorchScript ({first_line(error)}); is the file complete?") from None
+            raise ConfigError(f"task.model_path '{path}' cannot be loaded as TorchScript ({first_line(error)}); "
+                              "is the file complete?") from None
 
     def run_graph(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
         import torch
@@ -165,7 +166,7 @@ class OnnxModel(ExportedModel):
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), sess_options=onnx_session_options(), providers=providers)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types for a broken file
             raise ConfigError(f"task.model_path '{path}' cannot be loaded as ONNX ({first_line(error)}); is the file complete?") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -193,7 +194,7 @@ class OpenVinoModel(ExportedModel):
         try:
             # f32: the CPU plugin would otherwise pick bf16 on CPUs that have it, changing the scores.
             self.compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - OpenVINO raises its own types for a broken file
             raise ConfigError(f"task.model_path '{path}' cannot be loaded as OpenVINO ({first_line(error)}); are "
                               f"model.xml and model.bin complete?") from None
         self.input_shape = [d.get_length() if d.is_static else None for d in self.compiled.inputs[0].get_partial_shape()]

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 
-
 #: Seconds without CPU use after which a child being waited for counts as stuck.
 STALL_SECONDS = 10.0
 
@@ -112,7 +111,7 @@ class BackgroundExport:
 def _cpu_ticks(pid: int | None) -> int | None:
     """CPU time a process has used (user + system, in clock ticks), or None when it cannot be read."""
     try:
-        fields = open(f"/proc/{pid}/stat", encoding="ascii").read().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
     return int(fields[11]) + int(fields[12])

@@ -115,7 +115,7 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
         loaded: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except ConfigError:
         raise
-    except Exception as error:  # noqa: BLE001 - a file torch cannot read is the user's file at fault
+    except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"{KEY} '{path}' cannot be loaded as {WHAT_IT_TAKES} ({first[:200]})") from error
     for key in ("state_dict", "model", "model_state_dict"):

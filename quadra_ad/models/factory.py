@@ -82,7 +82,7 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
 def check_backbone_layers(cfg: DictConfig) -> None:
     """``model.layers`` the backbone does not have, for backbones the checks before the run do not
     know: anomalib would drop them with a warning and train on the rest (or fail on none)."""
-    from quadra_ad.config.validation import BACKBONE_FEATURES, unknown_layer_message
+    from quadra_ad.models.backbone_layers import BACKBONE_FEATURES, unknown_layer_message
 
     backbone = cfg.model.get("backbone")
     if not isinstance(backbone, str) or backbone in BACKBONE_FEATURES:

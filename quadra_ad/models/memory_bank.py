@@ -13,7 +13,7 @@ random draws (PatchCore's coreset) cannot make the processes test different mode
 import torch
 from torch import nn
 
-from quadra_ad.distributed import broadcast_object, gather_objects, gather_rows, global_order, rank
+from quadra_ad.runtime.distributed import broadcast_object, gather_objects, gather_rows, global_order, rank
 
 #: Where anomalib's torch models collect the training embeddings, one tensor per batch
 #: (PatchCore's ``memory_bank`` is the fitted coreset; PaDiM, DFM and DFKDE collect in ``memory_bank``).

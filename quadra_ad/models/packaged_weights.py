@@ -41,11 +41,13 @@ def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
         target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
     source_items, target_items = _without_counters(source), _without_counters(target)
     if len(source_items) != len(target_items):
-        raise ConfigError(f"{EFFICIENTNET_LITE0} holds {len(source_items)} tensors, timm's efficientnet_lite0 {len(target_items)}: versions do not match")
+        raise ConfigError(f"{EFFICIENTNET_LITE0} holds {len(source_items)} tensors, timm's efficientnet_lite0 "
+                          f"{len(target_items)}: versions do not match")
     renamed = {}
     for (source_key, tensor), (target_key, expected) in zip(source_items, target_items, strict=True):
         if tensor.shape != expected.shape:
-            raise ConfigError(f"{EFFICIENTNET_LITE0}: '{source_key}' {tuple(tensor.shape)} does not fit timm '{target_key}' {tuple(expected.shape)}")
+            raise ConfigError(f"{EFFICIENTNET_LITE0}: '{source_key}' {tuple(tensor.shape)} does not fit timm "
+                              f"'{target_key}' {tuple(expected.shape)}")
         renamed[target_key] = tensor
     return renamed
 

@@ -45,9 +45,9 @@ import torch
 from anomalib.models import Patchcore as AnomalibPatchcore
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-from quadra_ad.distributed import world_size
 from quadra_ad.models.coreset import greedy_k_center, inverse_permutation, sample_coreset_spilled
 from quadra_ad.models.spilled_embedding import SPILLABLE, SpilledEmbedding, sums_of_rows
+from quadra_ad.runtime.distributed import world_size
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ class SpilledEmbedding:
     """Rows (``n x features``, one dtype) appended to an unnamed file in ``directory``."""
 
     def __init__(self, directory: str | Path) -> None:
-        self._file = tempfile.TemporaryFile(dir=directory, prefix=".patchcore-embedding-")
+        # Kept open for the embedding's life and closed by close(): no with-block can span that.
+        self._file = tempfile.TemporaryFile(dir=directory, prefix=".patchcore-embedding-")  # noqa: SIM115 - closed by close()
         self.rows = 0
         self.features: int | None = None
         self.dtype: torch.dtype | None = None

@@ -17,10 +17,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from quadra_ad.evaluation.scored_set import ScoredSet
+from quadra_ad.evaluation.thresholds import Calibration
 from quadra_ad.files import atomic_path
 from quadra_ad.reports.plots import save_figure
-from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration
 
 DEFECT_CONFUSION_CSV = "defect_confusion.csv"
 DEFECT_CONFUSION_PNG = "defect_confusion_matrix.png"
@@ -55,7 +55,7 @@ class DefectRow:
 def defect_confusion(scored: ScoredSet, threshold: float) -> list[DefectRow]:
     """Rows for good images first, then each defect type, then unlabelled folders (names sorted)."""
     counts = {group: [0, 0] for group in _groups(scored)}
-    for label, defect_type, score in zip(scored.labels, scored.defect_types, scored.scores):
+    for label, defect_type, score in zip(scored.labels, scored.defect_types, scored.scores, strict=True):
         counts[(label, defect_type)][int(score >= threshold)] += 1
     return [DefectRow(defect_type, label, good, anomalous) for (label, defect_type), (good, anomalous) in counts.items()]
 
@@ -63,7 +63,7 @@ def defect_confusion(scored: ScoredSet, threshold: float) -> list[DefectRow]:
 def _groups(scored: ScoredSet) -> list[tuple[int | None, str]]:
     """(label, defect type) pairs present: good first, then the defect types, then unlabelled folders."""
     order = {0: 0, 1: 1, None: 2}
-    return sorted(set(zip(scored.labels, scored.defect_types)), key=lambda group: (order[group[0]], group[1]))
+    return sorted(set(zip(scored.labels, scored.defect_types, strict=True)), key=lambda group: (order[group[0]], group[1]))
 
 
 def false_defects(rows: list[DefectRow]) -> int:
@@ -120,7 +120,7 @@ def score_statistics(scored: ScoredSet, normalization: Calibration) -> list[dict
         chosen = labels == (-1 if label is None else label)
         if chosen.any():
             groups.append(("label", LABEL_NAMES[label], chosen))
-    pairs = list(zip(scored.labels, scored.defect_types))
+    pairs = list(zip(scored.labels, scored.defect_types, strict=True))
     for label, defect_type in _groups(scored):
         chosen = np.array([pair == (label, defect_type) for pair in pairs])
         groups.append(("defect_type", _row_name(DefectRow(defect_type, label, 0, 0)), chosen))

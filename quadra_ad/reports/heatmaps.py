@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from quadra_ad.datamodules.dataset import ImagePreparation
 from quadra_ad.datamodules.images import read_image
+from quadra_ad.evaluation.scored_set import ScoredSet
+from quadra_ad.evaluation.thresholds import Calibration
 from quadra_ad.files import atomic_path
-from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration
 
 HEATMAPS_DIR = "heatmaps"
 RAW_OUTPUTS_DIR = "raw_outputs"

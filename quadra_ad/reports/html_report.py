@@ -17,11 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from quadra_ad.evaluation.metrics import Metrics
+from quadra_ad.evaluation.scored_set import ScoredSet
+from quadra_ad.evaluation.thresholds import Calibration
 from quadra_ad.files import write_text
-from quadra_ad.metrics import Metrics
 from quadra_ad.reports.defect_confusion import DefectRow, false_defects
-from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration
 
 REPORT_HTML = "report.html"
 MAX_SHOWN_MISTAKES = 6

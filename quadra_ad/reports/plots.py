@@ -45,9 +45,9 @@ def score_histogram_figure(scores: list[float], labels: list[int | None], thresh
     """The figure of :func:`plot_score_histogram`."""
     scores_array = np.asarray(scores, dtype=np.float64)
     groups = {
-        "good": [s for s, label in zip(scores_array, labels) if label == 0],
-        "anomalous": [s for s, label in zip(scores_array, labels) if label == 1],
-        "unknown": [s for s, label in zip(scores_array, labels) if label is None],
+        "good": [s for s, label in zip(scores_array, labels, strict=True) if label == 0],
+        "anomalous": [s for s, label in zip(scores_array, labels, strict=True) if label == 1],
+        "unknown": [s for s, label in zip(scores_array, labels, strict=True) if label is None],
     }
     bins = np.histogram_bin_edges(np.append(scores_array, threshold), bins=30)
     figure = Figure(figsize=(6, 3.8))
@@ -83,7 +83,7 @@ def metric_by_model_figure(runs: list[tuple[str, str, float]], metric: str) -> F
     axis = figure.subplots()
     positions = np.arange(len(ordered))
     bars = axis.bar(positions, [value for _, _, value in ordered], color=[colours[m] for _, m, _ in ordered])
-    for bar, (_, _, value) in zip(bars, ordered):
+    for bar, (_, _, value) in zip(bars, ordered, strict=True):
         axis.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                       ha="center", va="bottom", fontsize=7)
     axis.set_ylim(*clustered_limits([value for _, _, value in ordered]))
@@ -118,7 +118,8 @@ def plot_metric_by_category(jobs: list[tuple[str, str, float | None]], metric: s
                  label=model)
     if best:
         axis.set_ylim(*clustered_limits(list(best.values())))
-    axis.set_xticks(range(len(categories)), categories, rotation=45 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center")
+    crowded = len(categories) > 6
+    axis.set_xticks(range(len(categories)), categories, rotation=45 if crowded else 0, ha="right" if crowded else "center")
     axis.set_ylabel(metric)
     axis.set_title(f"{metric} per category and model", fontsize=10)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from quadra_ad.evaluation.metrics import Metrics
+from quadra_ad.evaluation.scored_set import ScoredSet
+from quadra_ad.evaluation.thresholds import Calibration
 from quadra_ad.files import atomic_path, write_text
-from quadra_ad.metrics import Metrics
-from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSONL = "predictions.jsonl"

@@ -9,18 +9,35 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from quadra_ad.metrics import Metrics
+from quadra_ad.evaluation.metrics import Metrics
+from quadra_ad.evaluation.scored_set import ScoredSet
+from quadra_ad.evaluation.thresholds import Calibration
 from quadra_ad.reports.defect_confusion import (
-    AVG_SCORE_BY_LABEL_CSV, DEFECT_CONFUSION_CSV, DEFECT_CONFUSION_PNG, defect_confusion, false_defects,
-    plot_defect_confusion, score_statistics, write_defect_confusion, write_score_statistics,
+    AVG_SCORE_BY_LABEL_CSV,
+    DEFECT_CONFUSION_CSV,
+    DEFECT_CONFUSION_PNG,
+    defect_confusion,
+    false_defects,
+    plot_defect_confusion,
+    score_statistics,
+    write_defect_confusion,
+    write_score_statistics,
 )
 from quadra_ad.reports.html_report import MAX_SHOWN_MISTAKES, REPORT_HTML, worst_mistakes, write_html_report
-from quadra_ad.reports.plots import CONFUSION_MATRIX_PNG, SCORE_HISTOGRAM_PNG, plot_confusion_matrix, plot_score_histogram
-from quadra_ad.reports.predictions import (
-    METRICS_JSON, PREDICTIONS_CSV, PREDICTIONS_JSONL, write_metrics, write_predictions, write_predictions_jsonl,
+from quadra_ad.reports.plots import (
+    CONFUSION_MATRIX_PNG,
+    SCORE_HISTOGRAM_PNG,
+    plot_confusion_matrix,
+    plot_score_histogram,
 )
-from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration
+from quadra_ad.reports.predictions import (
+    METRICS_JSON,
+    PREDICTIONS_CSV,
+    PREDICTIONS_JSONL,
+    write_metrics,
+    write_predictions,
+    write_predictions_jsonl,
+)
 
 if TYPE_CHECKING:  # the heatmap code imports the datamodules, whose imports load pyplot: only when drawing
     from quadra_ad.datamodules.dataset import ImagePreparation

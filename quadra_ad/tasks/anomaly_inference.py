@@ -16,12 +16,12 @@ from quadra_ad.deploy.model_card import check_input_size, preparation_from_card
 from quadra_ad.deploy.model_uri import is_model_uri
 from quadra_ad.deploy.predictor import Predictor
 from quadra_ad.errors import ConfigError
-from quadra_ad.metrics import scored_set_metrics
+from quadra_ad.evaluation.metrics import scored_set_metrics
+from quadra_ad.evaluation.scored_set import ScoredSet, concat_scored_sets
+from quadra_ad.evaluation.thresholds import Calibration, calibrate
 from quadra_ad.reports.heatmaps import HEATMAPS_DIR, RAW_OUTPUTS_DIR, HeatmapSettings, write_heatmaps
 from quadra_ad.reports.report import write_report
-from quadra_ad.scored_set import ScoredSet, concat_scored_sets
 from quadra_ad.tasks.base import RESOLVED_CONFIG, Task
-from quadra_ad.thresholds import Calibration, calibrate
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,11 @@ from quadra_ad.callbacks.training_start import OnTrainingStart
 from quadra_ad.config.instantiation import instantiate_node
 from quadra_ad.deploy.model_card import ModelCard
 from quadra_ad.errors import ConfigError, DatasetError, QuadraADError
-from quadra_ad.export.graph import AnomalyGraph
+from quadra_ad.evaluation.metrics import scored_set_metrics
+from quadra_ad.evaluation.scored_set import concat_scored_sets
+from quadra_ad.evaluation.thresholds import IMAGE_RULES, Calibration, ThresholdRule
 from quadra_ad.export.background import BackgroundExport, can_fork_exports
+from quadra_ad.export.graph import AnomalyGraph
 from quadra_ad.export.writers import (
     ONNX_SCRATCH_PREFIX,
     check_export_config,
@@ -38,14 +41,11 @@ from quadra_ad.export.writers import (
     start_onnx_export,
     write_valid_area_mask,
 )
-from quadra_ad.metrics import scored_set_metrics
 from quadra_ad.models.factory import build_model
 from quadra_ad.models.trainer_arguments import merge_trainer_arguments
 from quadra_ad.reports.heatmaps import HEATMAPS_DIR, RAW_OUTPUTS_DIR
 from quadra_ad.reports.report import write_report
-from quadra_ad.scored_set import concat_scored_sets
 from quadra_ad.tasks.base import RESOLVED_CONFIG, Task
-from quadra_ad.thresholds import IMAGE_RULES, Calibration, ThresholdRule
 from quadra_ad.tracking.lightning_history import read_lightning_history
 from quadra_ad.versions import package_versions
 

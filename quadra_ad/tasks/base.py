@@ -14,20 +14,19 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from quadra_ad.errors import DiskFullError
-
+from quadra_ad.evaluation.metrics import Metrics
 from quadra_ad.files import disk_is_full, write_text
-from quadra_ad.interrupts import (
+from quadra_ad.runtime.interrupts import (
     OutputClosed,
     Terminated,
     ended_by_closed_output,
     release_logging_lock_left_by_interrupt,
+    signals_deferred,
     sigterm_pending,
     sigterm_received,
-    signals_deferred,
     stopped_by_sigterm,
 )
-from quadra_ad.metrics import Metrics
-from quadra_ad.resources import peak_memory_mb, reset_peak_memory
+from quadra_ad.runtime.resources import peak_memory_mb, reset_peak_memory
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +198,7 @@ class Task:
 
         try:
             self._running_record = save_running_record(self.config, self.output_dir, self.tracking_tags())
-        except Exception:  # noqa: BLE001 - a record is a safety net, never a reason to stop
+        except Exception:
             log.debug("could not save the RUNNING run record", exc_info=True)
 
     def _open_live_run(self) -> None:
@@ -262,5 +261,5 @@ class Task:
                 status, error = "KILLED", Terminated("terminated by SIGTERM")
             try:
                 self.track(status, error)
-            except Exception:  # noqa: BLE001 - the original error is the one the user must see
+            except Exception:
                 log.warning("could not log the %s run", status, exc_info=True)

@@ -38,7 +38,7 @@ BACKBONES = {
 
 
 def quadra_ad_auroc(model: str, data: Path, size: int, seed: int, workdir: Path, backbone: str = "resnet18") -> float:
-    from quadra_ad.config.compose import compose_config
+    from quadra_ad.checks.composition import compose_config
     from quadra_ad.run import run
 
     chosen = BACKBONES[backbone]
@@ -136,7 +136,7 @@ def raw_score_auroc(engine, anomalib_model, datamodule) -> float:
     """AUROC of the fitted model's raw (un-normalised) test scores, as quadra-ad computes it."""
     import torch
 
-    from quadra_ad.metrics import auroc
+    from quadra_ad.evaluation.metrics import auroc
 
     anomalib_model.post_processor.enable_normalization = False
     batches = engine.predict(model=anomalib_model, dataloaders=datamodule.test_dataloader())

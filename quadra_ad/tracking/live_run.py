@@ -140,5 +140,5 @@ class LiveRun:
                 return
         try:
             monitor.finish()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("system metrics monitor did not stop cleanly", exc_info=True)

@@ -356,7 +356,7 @@ def _log_request(request: dict, run_dir: Path, request_path: Path | None):
             model=_model_to_log(request, run_dir),
             live_run_id=request.get("live_run_id"),
         )
-    except Exception as error:  # noqa: BLE001 - tracking must never lose a finished run
+    except Exception as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         log.debug("tracking failure", exc_info=True)
         raise TrackingFailed(

@@ -258,7 +258,7 @@ def to_terminal(table: RunTable, max_width: int = 80) -> str:
     for index, line in enumerate(cells):
         out.write("  ".join(
             text.rjust(width) if _numeric_column(table, column) else text.ljust(width)
-            for text, width, column in zip(line, widths, table.columns)
+            for text, width, column in zip(line, widths, table.columns, strict=True)
         ).rstrip() + "\n")
         if index == 0:
             out.write("  ".join("-" * width for width in widths) + "\n")

@@ -240,7 +240,7 @@ def test_help_and_cfg_job_do_not_import_torch_or_anomalib(tmp_path, args):
     probe = (
         "import sys\n"
         f"sys.argv = ['quadra-ad', *{args!r}]\n"
-        "from quadra_ad.cli import main\n"
+        "from quadra_ad.cli.train import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "heavy = sorted(m for m in ('torch', 'anomalib', 'lightning', 'mlflow', 'onnxruntime') if m in sys.modules)\n"
         "print('HEAVY=' + ','.join(heavy))\n"
@@ -277,7 +277,7 @@ def test_third_party_warnings_go_to_the_log_file_unless_verbose(verbose, tmp_pat
 
     log_file = tmp_path / "run.log"
     # As under Hydra: the root logger writes to the terminal and to the run's log file.
-    code = ("import logging, sys, warnings; from quadra_ad.quiet import quiet_third_party; "
+    code = ("import logging, sys, warnings; from quadra_ad.runtime.quiet_terminal import quiet_third_party; "
             f"logging.basicConfig(level=logging.INFO, handlers=[logging.StreamHandler(sys.stderr), "
             f"logging.FileHandler({str(log_file)!r})]); "
             f"quiet_third_party(verbose={verbose}); "

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from quadra_ad.config.validation import BACKBONE_FEATURES, CORESET_SAMPLERS, EXPORT_TYPES, gpus_visible
+from quadra_ad.checks.values import CORESET_SAMPLERS, EXPORT_TYPES
+from quadra_ad.config.device_fallback import gpus_visible
+from quadra_ad.models.backbone_layers import BACKBONE_FEATURES
 from quadra_ad.testing.synthetic import write_synthetic_dataset
 from tests.cli.test_mistakes import _one_error_line, _refused
 from tests.cli_runner import quadra_ad
@@ -133,8 +135,8 @@ def test_config_mistake_is_one_line_before_anything_heavy(tmp_path, data, overri
     (["trainer=cpu", "trainer.accelerator=auto", "trainer.devices=[2]"], {"accelerator": "cpu", "devices": 1}),
 ])
 def test_gpu_trainer_on_a_machine_without_gpus_runs_on_the_cpu(data, overrides, expected, caplog):
-    from quadra_ad.config.compose import compose_config
-    from quadra_ad.startup_checks import check_before_run
+    from quadra_ad.checks.before_run import check_before_run
+    from quadra_ad.checks.composition import compose_config
 
     with caplog.at_level("WARNING"):
         cfg = compose_config([PADIM, f"datamodule.data_path={data}", *overrides])
@@ -146,7 +148,7 @@ def test_gpu_trainer_on_a_machine_without_gpus_runs_on_the_cpu(data, overrides, 
 
 
 def test_cpu_trainers_are_left_as_they_are(data, caplog):
-    from quadra_ad.config.compose import compose_config
+    from quadra_ad.checks.composition import compose_config
 
     with caplog.at_level("WARNING"):
         cfg = compose_config([PADIM, f"datamodule.data_path={data}", "trainer=ddp_cpu"])

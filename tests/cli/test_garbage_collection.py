@@ -15,7 +15,7 @@ def _probe(code: str, cwd) -> str:
 def test_freezing_after_the_imports_happens_once_per_process(tmp_path):
     out = _probe(
         "import gc\n"
-        "from quadra_ad.garbage_collection import freeze_imports\n"
+        "from quadra_ad.runtime.garbage_collection import freeze_imports\n"
         "freeze_imports(); first = gc.get_freeze_count()\n"
         "class Job: pass\n"
         "garbage = [Job() for _ in range(1000)]\n"
@@ -32,7 +32,7 @@ def test_the_console_script_freezes_before_the_interpreter_exits(tmp_path):
     out = _probe(
         "import gc, sys\n"
         "sys.argv = ['quadra-ad', '--help']\n"
-        "from quadra_ad.entry_points import quadra_ad\n"
+        "from quadra_ad.cli.entry_points import quadra_ad\n"
         "before = gc.get_freeze_count()\n"
         "quadra_ad()\n"
         "print('FROZEN', before == 0 and gc.get_freeze_count() > 0)\n",

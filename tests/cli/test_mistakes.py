@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from quadra_ad.compare_cli import main as compare_main
+from quadra_ad.cli.compare import main as compare_main
 from quadra_ad.testing.synthetic import write_synthetic_dataset
 from tests.cli_runner import QUADRA_AD, quadra_ad, quadra_ad_env
 
@@ -26,7 +26,7 @@ def _probe(args: list[str], cwd: Path) -> tuple[int, str, list[str], float]:
         "import sys, time\n"
         f"sys.argv = ['quadra-ad', *{args!r}]\n"
         "started = time.perf_counter()\n"
-        "from quadra_ad.cli import main\n"
+        "from quadra_ad.cli.train import main\n"
         "code = 0\n"
         "try:\n    main()\nexcept SystemExit as stop:\n    code = stop.code\n"
         f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
@@ -105,7 +105,7 @@ def test_every_dataset_problem_at_once(tmp_path):
 
 
 def test_a_large_folder_is_checked_in_seconds(tmp_path):
-    from quadra_ad.datamodules.preflight import check_dataset
+    from quadra_ad.checks.dataset import check_dataset
 
     data = write_synthetic_dataset(tmp_path / "big", n_train=1, n_test_good=1, n_test_defect=1, size=64)
     image = (data / "train" / "good" / "000.png").read_bytes()
@@ -155,7 +155,7 @@ def test_working_directory_that_is_not_writable(data):
 def test_inference_input_size_the_graph_cannot_take(tmp_path, data):
     # A card is enough: the check reads model.json before any graph is loaded.
     from quadra_ad.deploy.model_card import ModelCard
-    from quadra_ad.thresholds import Calibration
+    from quadra_ad.evaluation.thresholds import Calibration
 
     folder = tmp_path / "deployment_model"
     folder.mkdir()

@@ -9,11 +9,10 @@ import sys
 
 import pytest
 
-from quadra_ad.errors import ConfigError
+from quadra_ad.errors import ConfigError, exception_chain
 from quadra_ad.files import disk_is_full
-from quadra_ad.errors import exception_chain
-from quadra_ad.interrupts import stopped_by_sigterm
 from quadra_ad.run import build_task, run
+from quadra_ad.runtime.interrupts import stopped_by_sigterm
 from tests.cli_runner import QUADRA_AD, quadra_ad, quadra_ad_env, wait_until_training_runs
 from tests.conftest import fast_overrides, training_config
 
@@ -83,7 +82,7 @@ def _with_closed_stdout(command: list[str], cwd, timeout: int = 180) -> tuple[in
 
 def _console_script(function: str, *args: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; sys.argv = ['x', *{list(args)!r}]; "
-                                  f"from quadra_ad.entry_points import {function}; sys.exit({function}())"]
+                                  f"from quadra_ad.cli.entry_points import {function}; sys.exit({function}())"]
 
 
 @pytest.mark.parametrize("command", [

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from omegaconf import OmegaConf
 
-from quadra_ad.config.compose import compose_config
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.errors import ConfigErrors
 from quadra_ad.run import run
 from tests.conftest import IMAGE_SIZE

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from quadra_ad.config.compose import compose_config
-from quadra_ad.config.validation import gpus_visible
+from quadra_ad.checks.before_run import check_before_run
+from quadra_ad.checks.composition import compose_config
+from quadra_ad.config.device_fallback import gpus_visible
 from quadra_ad.errors import ConfigErrors
-from quadra_ad.startup_checks import check_before_run
 from tests.datamodules.dm_helpers import fake_mnist_arrays, write_idx
 
 TUTORIAL = Path(__file__).parent / "quadra_tutorial"

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from quadra_ad.datamodules.preflight import check_dataset
+from quadra_ad.checks.dataset import check_dataset
 from quadra_ad.errors import DatasetError
 from quadra_ad.testing.synthetic import write_synthetic_dataset
 from tests.cli.test_mistakes import _refused

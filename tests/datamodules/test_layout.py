@@ -308,7 +308,8 @@ def _with_val_folder(root: Path) -> Path:
         for index, image in enumerate(sorted((root / "test" / label).glob("*.png"))[:2]):
             shutil.copy(image, root / "val" / label / f"v{index}.png")
             if label == "blob":
-                shutil.copy(root / "ground_truth" / "blob" / f"{image.stem}_mask.png", root / "ground_truth" / "blob" / f"v{index}_mask.png")
+                masks = root / "ground_truth" / "blob"
+                shutil.copy(masks / f"{image.stem}_mask.png", masks / f"v{index}_mask.png")
     return root
 
 

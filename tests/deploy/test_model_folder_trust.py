@@ -24,7 +24,7 @@ from quadra_ad.deploy.model_card import (
 )
 from quadra_ad.deploy.predictor import choose_threshold
 from quadra_ad.errors import ConfigError
-from quadra_ad.thresholds import Calibration
+from quadra_ad.evaluation.thresholds import Calibration
 from tests.cli_runner import quadra_ad
 from tests.conftest import IMAGE_SIZE, training_config
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.deploy.test_predictor_inputs import huge_png, png_bytes
 
-PREDICT = [sys.executable, "-m", "quadra_ad.predict_cli"]
+PREDICT = [sys.executable, "-m", "quadra_ad.cli.predict"]
 
 
 def _predict(*args, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:

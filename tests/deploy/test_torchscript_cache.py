@@ -28,10 +28,10 @@ def _export_padim(folder: Path, seed: int) -> Path:
     from anomalib.models.image.padim.torch_model import PadimModel
 
     from quadra_ad.deploy.model_card import ModelCard
+    from quadra_ad.evaluation.thresholds import Calibration
     from quadra_ad.export.graph import AnomalyGraph
     from quadra_ad.export.writers import export_torchscript
     from quadra_ad.testing.synthetic import texture
-    from quadra_ad.thresholds import Calibration
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -39,7 +39,7 @@ def _assert_greedy(features: torch.Tensor, indices: list[int]) -> None:
     """Each index after the first is a farthest point from those before it (float64 reference)."""
     points = features.double()
     min_distances = torch.full((len(points),), float("inf"), dtype=torch.float64)
-    for previous, chosen in zip(indices, indices[1:]):
+    for previous, chosen in zip(indices, indices[1:], strict=True):
         min_distances = torch.minimum(min_distances, (points - points[previous]).norm(dim=1))
         # float32 distances may break a near-tie the other way: compare distances, not indices.
         assert min_distances[chosen] >= min_distances.max() - 1e-4, (chosen, int(min_distances.argmax()))
@@ -94,7 +94,7 @@ def test_same_draws_as_anomalib_give_the_same_coreset():
 def test_coreset_size_is_ratio_times_rows_and_at_least_one(rows, ratio, expected):
     indices = greedy_k_center(_random(rows, 8), ratio, seed=0)
     assert indices.dtype == torch.long and indices.shape == (expected,)
-    assert len(set(indices.tolist())) == expected and 0 <= indices.min() and indices.max() < rows
+    assert len(set(indices.tolist())) == expected and indices.min() >= 0 and indices.max() < rows
 
 
 def test_duplicate_rows_are_never_chosen_twice():

@@ -4,15 +4,14 @@ The downloads are replaced by functions that raise URLError, the way urllib fail
 network: the tests never reach the internet, even on a machine that has it.
 """
 
-from pathlib import Path
 from urllib.error import URLError
 
 import pytest
 
-from quadra_ad.config.compose import compose_config
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.errors import ConfigError
-from quadra_ad.models.factory import build_model
 from quadra_ad.models.efficient_ad import EfficientAd
+from quadra_ad.models.factory import build_model
 
 
 def _offline(*args, **kwargs):
@@ -66,8 +65,8 @@ def test_efficient_ad_without_imagenette_offline_names_imagenet_dir(monkeypatch,
 
 
 def test_every_model_has_a_base_and_an_mnist_experiment():
+    from quadra_ad.checks.command_line import group_options
     from quadra_ad.config.locations import package_experiments_dir
-    from quadra_ad.config.preflight import group_options
 
     models = group_options("model")
     assert len(models) >= 13

@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from quadra_ad.config.compose import compose_config
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.errors import ConfigError
 from quadra_ad.models import factory
 from quadra_ad.models.factory import build_model

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from quadra_ad.config.compose import compose_config
-from quadra_ad.testing.synthetic import write_synthetic_dataset
-from quadra_ad.testing.smoke import EXPORT_FILES, RECIPES, compare_scores, inference_overrides, smoke_overrides
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.run import run
+from quadra_ad.testing.smoke import EXPORT_FILES, RECIPES, compare_scores, inference_overrides, smoke_overrides
+from quadra_ad.testing.synthetic import write_synthetic_dataset
+
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
@@ -44,11 +45,11 @@ def test_model_trains_exports_and_reproduces_its_scores_at_inference(model, data
     assert training.metrics["image_AUROC"] == roc_auc_score(
         [test_set.labels[i] for i in labelled], [test_set.scores[i] for i in labelled])
     assert set(training.exported) == {"torchscript", "onnx"}
-    expected = dict(zip(training.collector.test.image_paths, training.collector.test.scores))
+    expected = dict(zip(training.collector.test.image_paths, training.collector.test.scores, strict=True))
     for export_type, file_name in EXPORT_FILES.items():
         model_path = tmp_path / "train" / "deployment_model" / file_name
         inference = run(compose_config(inference_overrides(model_path, data)), output_dir=tmp_path / f"infer_{file_name}")
-        got = dict(zip(inference.labelled.image_paths, inference.labelled.scores))
+        got = dict(zip(inference.labelled.image_paths, inference.labelled.scores, strict=True))
         assert set(got) == set(expected)
         if RECIPES[model].batch_dependent:
             continue  # scores depend on batch composition (see SmokeRecipe.batch_dependent)

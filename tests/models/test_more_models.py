@@ -3,11 +3,10 @@ config composes and builds offline with random weights, and tiling settings that
 input are refused in one line naming the key — all before any training. Training, export and
 parity for each run in tests/models/test_model_zoo.py (slow)."""
 
-from pathlib import Path
 
 import pytest
 
-from quadra_ad.config.compose import compose_config
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.errors import ConfigError
 from quadra_ad.models.factory import build_model
 from quadra_ad.testing.smoke import smoke_overrides

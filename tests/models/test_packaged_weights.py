@@ -5,7 +5,7 @@ import pytest
 import torch
 from lightning.pytorch import seed_everything
 
-from quadra_ad.config.compose import compose_config
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.models.factory import build_model
 from quadra_ad.models.packaged_weights import EFFICIENTNET_LITE0, packaged_state_dict
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from quadra_ad.config.compose import compose_config
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.errors import ConfigError
 from quadra_ad.models.factory import build_model, model_arguments
 from quadra_ad.models.padim import default_n_features

@@ -1,13 +1,12 @@
 """Tiling (model.tiling): PaDiM on 64 px images cut into 32 px tiles trains, and its TorchScript
 and ONNX exports cut and stitch the same way (same scores at inference as in training)."""
 
-from pathlib import Path
 
 import pytest
 import torch
 from anomalib.data.utils.tiler import Tiler
 
-from quadra_ad.config.compose import compose_config
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.export.graph import AnomalyGraph
 from quadra_ad.run import run
 from quadra_ad.testing.smoke import EXPORT_FILES, compare_scores, inference_overrides, smoke_overrides
@@ -32,11 +31,11 @@ def test_tiled_padim_exports_reproduce_its_scores(tmp_path):
     assert tiled.shape == whole.shape == (1, 1, 64, 64) and not torch.allclose(tiled, whole)
 
     assert {t: batch for t, (_, batch) in training.exported.items()} == {"torchscript": None, "onnx": None}
-    expected = dict(zip(training.collector.test.image_paths, training.collector.test.scores))
+    expected = dict(zip(training.collector.test.image_paths, training.collector.test.scores, strict=True))
     for export_type, file_name in EXPORT_FILES.items():
         inference = run(compose_config(inference_overrides(tmp_path / "train" / "deployment_model" / file_name, data)),
                         output_dir=tmp_path / f"infer_{export_type}")
-        comparison = compare_scores(expected, dict(zip(inference.labelled.image_paths, inference.labelled.scores)),
+        comparison = compare_scores(expected, dict(zip(inference.labelled.image_paths, inference.labelled.scores, strict=True)),
                                     export_type)
         assert comparison.within_tolerance, (export_type, comparison.max_diff)
         assert inference.metrics["image_AUROC"] == pytest.approx(training.metrics["image_AUROC"], abs=1e-9)

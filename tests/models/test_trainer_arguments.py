@@ -7,7 +7,7 @@ import pytest
 from anomalib.models import Padim, Stfpm
 from omegaconf import OmegaConf
 
-from quadra_ad.config.compose import compose_config
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.models.offline import random_backbone_weights
 from quadra_ad.models.trainer_arguments import merge_trainer_arguments
 from quadra_ad.run import run

@@ -2,7 +2,7 @@
 
 import csv
 
-from quadra_ad.compare_cli import main as compare_main
+from quadra_ad.cli.compare import main as compare_main
 from quadra_ad.tracking.mlflow_writer import log_run
 
 

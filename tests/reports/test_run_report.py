@@ -5,6 +5,7 @@ import json
 import logging
 import re
 from collections import Counter
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,15 +13,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from quadra_ad.config.compose import compose_config
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.datamodules.dataset import ImagePreparation
-from quadra_ad.metrics import scored_set_metrics
+from quadra_ad.evaluation.metrics import scored_set_metrics
+from quadra_ad.evaluation.scored_set import ScoredSet
+from quadra_ad.evaluation.thresholds import Calibration
 from quadra_ad.reports.heatmaps import full_resolution_map
 from quadra_ad.reports.html_report import MAX_SHOWN_MISTAKES
 from quadra_ad.reports.report import write_report
 from quadra_ad.run import run
-from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration
 from tests.conftest import IMAGE_SIZE
 from tests.reports.conftest import DEFECT_TYPES
 
@@ -78,7 +79,7 @@ def test_jsonl_matches_the_csv_and_names_each_predicted_mask(report_run):
     lines = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
     rows = _csv(folder / "predictions.csv")
     assert len(lines) == len(rows) == 17
-    for line, row in zip(lines, rows):
+    for line, row in zip(lines, rows, strict=True):
         assert line["image_path"] == row["image_path"] and line["label"] == _label(row["label"])
         assert f"{line['raw_score']:.9g}" == row["raw_score"]
         assert line["predicted_label"] == int(row["predicted_label"])
@@ -132,7 +133,7 @@ def test_report_files_are_artifacts_of_the_mlflow_run(report_run):
             "avg_score_by_label.csv", "predicted_masks", "metrics.json"} <= logged
     assert len(client.list_artifacts(run_id, "predicted_masks/good")) == 6
     copy = client.download_artifacts(run_id, "report.html", str(workdir / "downloaded"))
-    assert open(copy, "rb").read() == (task.output_dir / "report.html").read_bytes()
+    assert Path(copy).read_bytes() == (task.output_dir / "report.html").read_bytes()
 
 
 def test_inference_reports_threshold_provenance_and_logs_a_results_table(report_run, two_defect_dataset, tmp_path,

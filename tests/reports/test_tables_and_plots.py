@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+from quadra_ad.evaluation.scored_set import ScoredSet
+from quadra_ad.evaluation.thresholds import Calibration
 from quadra_ad.reports.defect_confusion import defect_confusion, false_defects, score_statistics
 from quadra_ad.reports.plots import metric_by_model_figure, score_histogram_figure
-from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration
 
 
 def _scored() -> ScoredSet:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from quadra_ad.config.compose import compose_config
-from quadra_ad.testing.synthetic import write_synthetic_dataset
-from quadra_ad.errors import ConfigError
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.deploy.model_card import SCHEMA_VERSION, ModelCard, file_sha256
+from quadra_ad.errors import ConfigError
 from quadra_ad.run import run
+from quadra_ad.testing.synthetic import write_synthetic_dataset
 from tests.conftest import IMAGE_SIZE
 
 TOLERANCE = {"model.pt": 1e-4, "model.onnx": 1e-3}
@@ -46,8 +46,8 @@ def test_inference_on_the_training_test_split_reproduces_training_scores(trained
     training, _ = trained
     model_path = training.output_dir / "deployment_model" / file_name
     task = infer(model_path, segmentation_dataset, tmp_path / "run", "task.use_training_threshold=true")
-    expected = dict(zip(training.collector.test.image_paths, training.collector.test.scores))
-    got = dict(zip(task.labelled.image_paths, task.labelled.scores))
+    expected = dict(zip(training.collector.test.image_paths, training.collector.test.scores, strict=True))
+    got = dict(zip(task.labelled.image_paths, task.labelled.scores, strict=True))
     assert set(got) == set(expected)
     worst = max(abs(got[p] - expected[p]) for p in expected)
     assert worst <= TOLERANCE[file_name]
@@ -81,7 +81,8 @@ def test_inference_writes_predictions_metrics_plots_and_heatmaps(trained, segmen
     mlflow_run = client.get_run(task.tracked_run.run_id)
     assert mlflow_run.data.tags["quadra_ad.training_run_folder"] == str(training.output_dir)
     assert mlflow_run.data.metrics["image_AUROC"] == pytest.approx(task.metrics["image_AUROC"])
-    assert {"predictions.csv", "metrics.json", "heatmaps", "confusion_matrix.png"} <= {a.path for a in client.list_artifacts(task.tracked_run.run_id)}
+    logged = {a.path for a in client.list_artifacts(task.tracked_run.run_id)}
+    assert {"predictions.csv", "metrics.json", "heatmaps", "confusion_matrix.png"} <= logged
 
 
 def test_plot_only_wrong_draws_only_mistakes(trained, segmentation_dataset, tmp_path):
@@ -100,7 +101,7 @@ def test_plot_only_wrong_draws_only_mistakes(trained, segmentation_dataset, tmp_
 
 
 def test_default_recomputes_the_f1_optimal_threshold_on_the_new_data(trained, segmentation_dataset, tmp_path):
-    from quadra_ad.thresholds import f1_optimal_threshold
+    from quadra_ad.evaluation.thresholds import f1_optimal_threshold
 
     training, _ = trained
     task = infer(training.output_dir / "deployment_model" / "model.pt", segmentation_dataset, tmp_path / "run")
@@ -336,8 +337,8 @@ def test_inference_applies_the_training_crop_and_region_of_interest_by_itself(tr
     task = infer(folder / file_name, segmentation_dataset, tmp_path / "run", "task.use_training_threshold=true")
     preparation = task.datamodule.preparation
     assert preparation.crop_area == [2, 2, 30, 30] and preparation.valid_area is not None
-    expected = dict(zip(training.collector.test.image_paths, training.collector.test.scores))
-    got = dict(zip(task.labelled.image_paths, task.labelled.scores))
+    expected = dict(zip(training.collector.test.image_paths, training.collector.test.scores, strict=True))
+    got = dict(zip(task.labelled.image_paths, task.labelled.scores, strict=True))
     assert max(abs(got[p] - expected[p]) for p in expected) <= TOLERANCE[file_name]
     assert task.metrics["image_AUROC"] == pytest.approx(training.metrics["image_AUROC"], abs=1e-12)
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from quadra_ad.errors import ConfigError, DatasetError
 from quadra_ad.deploy.model_card import ModelCard
+from quadra_ad.errors import ConfigError, DatasetError
 from quadra_ad.run import run
 from tests.conftest import IMAGE_SIZE, training_config
+
 
 def _predictions(run_dir: Path) -> list[dict]:
     with (run_dir / "predictions.csv").open() as handle:
@@ -127,7 +128,7 @@ def test_tracking_failure_keeps_finished_outputs(segmentation_dataset, tmp_path)
 
 
 def test_missing_data_path_names_the_key(tmp_path):
-    from quadra_ad.config.compose import compose_config
+    from quadra_ad.checks.composition import compose_config
 
     cfg = compose_config(["experiment=base/anomaly/padim", "~logger"])
     with pytest.raises(ConfigError, match=r"^datamodule\.data_path is not set"):
@@ -225,7 +226,7 @@ def _labelled_predictions(run_dir: Path) -> list[dict]:
 @pytest.mark.parametrize("rule", ["manual", "manual_normalized", "target_fpr", "good_percentile"])
 def test_threshold_rules_set_the_threshold_the_run_labels_and_exports_with(segmentation_dataset, tmp_path, rule):
     from quadra_ad.deploy.model_card import ModelCard
-    from quadra_ad.thresholds import f1_optimal_threshold
+    from quadra_ad.evaluation.thresholds import f1_optimal_threshold
 
     settings = {"manual": ["task.manual_image_threshold=2.5"],
                 "manual_normalized": ["task.manual_image_threshold=0.5", "task.manual_threshold_normalized=true"],
@@ -266,8 +267,8 @@ def test_a_line_with_only_good_images_gets_a_target_fpr_threshold(tmp_path):
 def test_thresholds_set_on_a_validation_split_that_is_not_scored(tmp_path, split):
     import shutil
 
+    from quadra_ad.evaluation.thresholds import f1_optimal_threshold
     from quadra_ad.testing.synthetic import write_synthetic_dataset
-    from quadra_ad.thresholds import f1_optimal_threshold
 
     data = write_synthetic_dataset(tmp_path / "data", n_train=8, n_test_good=6, n_test_defect=6, size=32)
     if split == "folder":  # used without asking: datamodule.val_split=auto finds val/

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from quadra_ad.errors import ExportError
-from quadra_ad.export import writers
-from quadra_ad.export import background
+from quadra_ad.export import background, writers
 from quadra_ad.export.background import BackgroundExport, ExportStalled, can_fork_exports
 from quadra_ad.run import run
 from quadra_ad.tasks.anomaly_training import AnomalyTrainingTask

@@ -15,12 +15,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from quadra_ad.config.compose import compose_config
-from quadra_ad.config.validation import validate_values
-from quadra_ad.distributed import global_order
+from quadra_ad.checks.composition import compose_config
+from quadra_ad.checks.values import validate_values
 from quadra_ad.errors import ConfigError
 from quadra_ad.models.patchcore import Patchcore, row_order, subsample_memory_bank
 from quadra_ad.run import run
+from quadra_ad.runtime.distributed import global_order
 from quadra_ad.testing.synthetic import write_synthetic_dataset
 from tests.cli_runner import quadra_ad
 from tests.conftest import fast_overrides

@@ -10,9 +10,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from quadra_ad.cli.upload import main as upload_main
 from quadra_ad.errors import DiskFullError
 from quadra_ad.run import run
-from quadra_ad.upload_cli import main as upload_main
 from tests.conftest import training_config
 
 

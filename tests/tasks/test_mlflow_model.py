@@ -188,7 +188,7 @@ def _post(port: int, body: dict) -> tuple[int, dict]:
 
 
 def test_compare_registers_the_best_run_with_an_alias(registered, tmp_path, capsys):
-    from quadra_ad.compare_cli import main as compare_main
+    from quadra_ad.cli.compare import main as compare_main
 
     task, tracking_uri = registered
     # Inference runs in the same store (other tests here) may rank above it: they log no model.

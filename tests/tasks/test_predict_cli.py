@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PREDICT = [sys.executable, "-m", "quadra_ad.predict_cli"]
+PREDICT = [sys.executable, "-m", "quadra_ad.cli.predict"]
 
 
 def _predict(*args, timeout=120) -> subprocess.CompletedProcess:

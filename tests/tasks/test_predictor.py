@@ -50,7 +50,8 @@ def test_the_predictor_gives_the_training_runs_scores_and_labels(trained, file_n
     predictions = predictor.predict([row["image_path"] for row in rows], batch_size=5)
     _assert_scores_match({p.source: p.score for p in predictions}, {r["image_path"]: float(r["raw_score"]) for r in rows})
     threshold = float(rows[0]["threshold"])
-    assert np.float32(predictor.threshold) == np.float32(threshold) and predictor.threshold_source == "training image threshold (model.json)"
+    assert np.float32(predictor.threshold) == np.float32(threshold)
+    assert predictor.threshold_source == "training image threshold (model.json)"
     for prediction, row in zip(predictions, rows, strict=True):
         if abs(prediction.score - threshold) > RELATIVE * abs(threshold):  # not a near-tie
             assert prediction.label == int(row["predicted_label"]), row

@@ -11,9 +11,9 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from quadra_ad.cli.upload import main as upload_main
 from quadra_ad.run import run
 from quadra_ad.tasks.anomaly_training import AnomalyTrainingTask
-from quadra_ad.upload_cli import main as upload_main
 from tests.cli_runner import QUADRA_AD, quadra_ad_env, signal_mask, wait_until_training_runs
 from tests.conftest import fast_overrides, training_config
 
@@ -191,22 +191,21 @@ def test_a_run_killed_without_a_word_leaves_a_record_that_uploads_as_failed(segm
 
 
 def test_signals_wait_while_an_unfinished_run_is_logged():
-    from quadra_ad.interrupts import signals_deferred
+    from quadra_ad.runtime.interrupts import signals_deferred
 
     # Ctrl-C arriving while the block runs takes effect when it ends, not halfway through it.
     steps = []
-    with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.1)  # the handler has run by now, and held the signal back
-            steps.append("logged")
+    with pytest.raises(KeyboardInterrupt), signals_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handler has run by now, and held the signal back
+        steps.append("logged")
     assert steps == ["logged"]
 
 
 def test_a_dataloader_worker_killed_by_sigterm_counts_as_the_sigterm(monkeypatch):
     import sys
 
-    from quadra_ad import interrupts
+    from quadra_ad.runtime import interrupts
 
     # torch's SIGCHLD check can raise this inside Lightning's SIGTERM handler, before ours runs:
     # the run was stopped, not broken. The bookkeeping it triggers is undone after the test.
@@ -231,7 +230,7 @@ def test_a_logging_lock_left_by_an_interrupt_is_released_and_other_threads_log_a
     import logging
     import threading
 
-    from quadra_ad.interrupts import release_logging_lock_left_by_interrupt
+    from quadra_ad.runtime.interrupts import release_logging_lock_left_by_interrupt
 
     logging._acquireLock()  # what a Ctrl-C between logging's lock and its ``try`` leaves behind
     logged = threading.Event()

@@ -1,11 +1,10 @@
 """Trainable models: per-epoch losses reach MLflow, the best epoch is checkpointed and exported,
 and the batch-size finder runs when switched on."""
 
-import pytest
 from lightning.pytorch.callbacks import BatchSizeFinder
 from mlflow.tracking import MlflowClient
 
-from quadra_ad.config.compose import compose_config
+from quadra_ad.checks.composition import compose_config
 from quadra_ad.run import run
 from tests.conftest import IMAGE_SIZE
 
@@ -82,7 +81,7 @@ def test_trainable_model_without_anomalous_test_images_uses_the_last_epoch(tmp_p
 
 def test_thresholds_come_from_the_best_epoch_that_is_exported(segmentation_dataset, tmp_path):
     from quadra_ad.deploy.model_card import ModelCard
-    from quadra_ad.thresholds import calibrate
+    from quadra_ad.evaluation.thresholds import calibrate
 
     task = run(stfpm_config(segmentation_dataset, None, "export.types=[torchscript]"), output_dir=tmp_path / "run")
     assert task.checkpoint.best_model_path

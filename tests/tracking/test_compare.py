@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from quadra_ad.compare_cli import main as compare_main
+from quadra_ad.cli.compare import main as compare_main
 from quadra_ad.tracking.mlflow_writer import log_run
 from tests.tracking.conftest import free_port
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from quadra_ad.compare_cli import main as compare_main
+from quadra_ad.cli.compare import main as compare_main
 from quadra_ad.tracking.mlflow_writer import log_run
 from quadra_ad.tracking.regression_gate import Baseline, ScoredRun, compare
 

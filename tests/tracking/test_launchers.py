@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from quadra_ad.config.preflight import PLUGINS, check_plugins, expand_category_patterns
+from quadra_ad.checks.command_line import PLUGINS, check_plugins, expand_category_patterns
 from quadra_ad.errors import ConfigError, DatasetError
 from quadra_ad.testing.synthetic import write_synthetic_dataset
 from tests.cli_runner import quadra_ad
@@ -61,7 +61,7 @@ def test_a_two_job_sweep_runs_on_a_local_ray(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_search_prints_the_best_trial_which_compare_finds(tmp_path, capsys):
-    from quadra_ad.compare_cli import main as compare_main
+    from quadra_ad.cli.compare import main as compare_main
 
     result = quadra_ad("-m", "experiment=hpo/padim", "hydra.sweeper.n_trials=3", "++datamodule.limit_data=16",
                        "export.types=[onnx]", cwd=tmp_path, timeout=600)

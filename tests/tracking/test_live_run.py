@@ -7,10 +7,10 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from quadra_ad.cli.upload import main as upload_main
 from quadra_ad.run import run
-from quadra_ad.upload_cli import main as upload_main
-from tests.tasks.test_trainable_models import stfpm_config
 from tests.mlflow_processes import free_port, start_mlflow, stop_mlflow
+from tests.tasks.test_trainable_models import stfpm_config
 
 PROBE = "+callbacks.live_probe._target_=tests.tracking.live_probe.LiveProbe"
 

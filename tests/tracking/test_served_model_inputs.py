@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from pathlib import Path
 
 import cv2
 import mlflow
@@ -175,7 +176,7 @@ def test_a_bad_request_is_http_400_with_one_line_naming_the_row(served, rows, pa
 def test_good_rows_in_any_form_get_the_training_runs_scores(served, form):
     url, rows = served
     rgb = [cv2.cvtColor(cv2.imread(row["image_path"]), cv2.COLOR_BGR2RGB) for row in rows]
-    files = [{"image": base64.b64encode(open(row["image_path"], "rb").read()).decode("ascii")} for row in rows]
+    files = [{"image": base64.b64encode(Path(row["image_path"]).read_bytes()).decode("ascii")} for row in rows]
     whole_floats = [{"array": a.astype(float).tolist()} for a in rgb]  # 128.0 is a whole number: still 8-bit
     unit = [{"array": (a / 255.0).tolist()} for a in rgb]
     expected = [float(row["raw_score"]) for row in rows]

@@ -9,7 +9,7 @@ import pytest
 from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
-from quadra_ad.compare_cli import main as compare_main
+from quadra_ad.cli.compare import main as compare_main
 from tests.cli_runner import quadra_ad
 
 FAST = (

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from quadra_ad.cli.upload import main as upload_main
 from quadra_ad.tracking.mlflow_writer import create_embedded_store
-from quadra_ad.upload_cli import main as upload_main
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import warnings
 #: Packages whose Python warnings (deprecations, hints) go to the run's log file, not the terminal.
 THIRD_PARTY = ("lightning", "lightning_fabric", "pytorch_lightning", "torch", "torchvision", "torchmetrics", "timm",
                "anomalib", "mlflow", "onnx", "onnxscript", "onnx_ir", "openvino")
-_THIRD_PARTY_FILE = re.compile(r"[\\/](?:%s)[\\/]" % "|".join(THIRD_PARTY))
+_THIRD_PARTY_FILE = re.compile(r"[\\/](?:" + "|".join(THIRD_PARTY) + r")[\\/]")
 #: Warnings that are noise wherever they are attributed (a library may warn on behalf of its caller).
 NOISE = (
     r".*Importing from timm\.models",

@@ -50,7 +50,7 @@ def gather_rows(tensor: torch.Tensor) -> list[torch.Tensor]:
     padded[: tensor.shape[0]] = tensor
     gathered = [torch.empty_like(padded) for _ in lengths]
     dist.all_gather(gathered, padded.contiguous())
-    return [rows[:length] for rows, length in zip(gathered, lengths)]
+    return [rows[:length] for rows, length in zip(gathered, lengths, strict=True)]
 
 
 def broadcast_object(value: Any) -> Any:

@@ -8,8 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quadra_ad.tracking.run_logger import (REQUEST_FILE, DamagedRecord, RefusedRecord, TrackingFailed,
-                                           upload_request)
+from quadra_ad.tracking.run_logger import REQUEST_FILE, DamagedRecord, RefusedRecord, TrackingFailed, upload_request
 
 
 def main(argv: list[str] | None = None) -> int:

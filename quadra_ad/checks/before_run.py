@@ -11,11 +11,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from quadra_ad.checks.values import validate_values
 from quadra_ad.config.quadra_keys import INFERENCE_TASK
-from quadra_ad.config.validation import validate_values
 from quadra_ad.datamodules.augmentations import check_augmentations
-from quadra_ad.models.backbone_weights import check_backbone_weights_file
 from quadra_ad.errors import ConfigError
+from quadra_ad.models.backbone_weights import check_backbone_weights_file
 
 #: The datamodule whose folder the user gives (the digit datamodules write their own).
 FOLDER_DATAMODULE = "quadra_ad.datamodules.AnomalyDataModule"
@@ -54,8 +54,8 @@ def check_dataset_folder(cfg: DictConfig) -> None:
     node = cfg.get("datamodule")
     if node is None or node.get("_target_") != FOLDER_DATAMODULE:
         return
+    from quadra_ad.checks.dataset import check_dataset
     from quadra_ad.datamodules.layout import category_folder
-    from quadra_ad.datamodules.preflight import check_dataset
 
     preparation = {"crop_area": node.get("crop_area"), "valid_area_mask": node.get("valid_area_mask")}
     if OmegaConf.select(cfg, "task._target_") == INFERENCE_TASK:

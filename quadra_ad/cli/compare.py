@@ -31,10 +31,22 @@ from pathlib import Path
 
 from quadra_ad.tracking.mlflow_writer import sqlite_database, sqlite_store_problem
 from quadra_ad.tracking.regression_gate import (
-    Baseline, check_metrics, compare, load_baseline, parse_margin, scored_runs,
+    Baseline,
+    check_metrics,
+    compare,
+    load_baseline,
+    parse_margin,
+    scored_runs,
 )
 from quadra_ad.tracking.run_table import (
-    BUILTIN_COLUMNS, CompareError, build_table, display_path, fetch_runs, to_csv, to_markdown, to_terminal,
+    BUILTIN_COLUMNS,
+    CompareError,
+    build_table,
+    display_path,
+    fetch_runs,
+    to_csv,
+    to_markdown,
+    to_terminal,
     without_inference_runs,
 )
 
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(error))
     except ConnectionError as error:
         return _fail(f"{error}: start the server or fix --tracking-uri")
-    except Exception as error:  # noqa: BLE001 - a store MLflow cannot read: one line, not its traceback
+    except Exception as error:
         if database is None:
             raise
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

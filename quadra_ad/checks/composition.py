@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from quadra_ad.checks.values import value_mistakes
 from quadra_ad.config.device_fallback import fall_back_to_cpu
 from quadra_ad.config.experiment_source import register_experiment_sources
 from quadra_ad.config.locations import config_dir
 from quadra_ad.config.quadra_keys import quadra_key_mistakes
 from quadra_ad.config.resolvers import register_resolvers
-from quadra_ad.config.validation import value_mistakes
 from quadra_ad.errors import ConfigErrors
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from quadra_ad.scored_set import ScoredSet
+    from quadra_ad.evaluation.scored_set import ScoredSet
 
 log = logging.getLogger(__name__)
 

@@ -9,18 +9,17 @@ values (``???``) are reported the way the instantiation reports them.
 import difflib
 import functools
 import math
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from quadra_ad.config.device_fallback import STRATEGIES, process_count
 from quadra_ad.config.instantiation import missing_value_error
 from quadra_ad.config.locations import config_dir
 from quadra_ad.errors import ConfigError
+from quadra_ad.models.backbone_layers import BACKBONE_FEATURES, unknown_layer_message
 
 #: The deepest feature map of the supported backbones is 1/32 of the input.
 MIN_INPUT_SIDE = 32
@@ -49,23 +48,8 @@ def _devices(value: Any) -> bool:
     return (_whole(value) and value >= 1) or value == "auto" or (_sequence(value) and all(_whole(v) for v in value))
 
 
-#: ``trainer.strategy`` values a run supports. ``ddp`` is Lightning's DDP started from the command
-#: line (one process per device; gloo on CPU); the spawn/fork variants cannot hand the collected
-#: scores back to the run (see quadra_ad/tasks/anomaly_training.py).
-STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
-
-
 def _strategy(value: Any) -> bool:
     return value in STRATEGIES
-
-
-def process_count(devices: Any) -> int | None:
-    """How many processes ``trainer.devices`` asks for on one machine (None: Lightning decides)."""
-    if _whole(devices):
-        return devices
-    if _sequence(devices):
-        return len(devices)
-    return None
 
 
 def distributed_mistakes(cfg: DictConfig) -> list[str]:
@@ -98,7 +82,6 @@ def _strategy_hint(value: Any) -> str:
 
 #: Lightning accelerators a run can ask for (``gpu`` and ``cuda`` need a GPU on the machine).
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-GPU_ACCELERATORS = ("gpu", "cuda")
 #: Kept in step with quadra_ad/export/writers.py (which imports torch; a test compares them).
 EXPORT_TYPES = ("torchscript", "onnx", "openvino")
 MIN_ONNX_OPSET = 7
@@ -200,33 +183,8 @@ def _shown(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-#: The feature maps (timm ``feature_info``: module name → channels) of the backbones we ship a
-#: config for, so that ``model.layers`` is checked without importing torch. Other timm backbones
-#: are checked when the model is built (quadra_ad/models/factory.py); a test compares this to timm.
-BACKBONE_FEATURES = {
-    "resnet18": {"act1": 64, "layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512},
-    "resnet50": {"act1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048},
-    "wide_resnet50_2": {"act1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048},
-    "efficientnet_lite0": {"blocks.0": 16, "blocks.1": 24, "blocks.2": 40, "blocks.4": 112, "blocks.6": 320},
-}
-
-
 def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
     return OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
-
-
-def unknown_layer_message(key: str, value: Any, backbone: str, available: list[str]) -> str | None:
-    """The mistake line for layer names in ``value`` (one name or a list) that ``backbone`` does
-    not have (anomalib drops them with a warning and trains on the others, or on none); None when
-    all exist or the value holds no names."""
-    names = [value] if isinstance(value, str) else list(value) if _sequence(value) else []
-    unknown = [name for name in names if isinstance(name, str) and name not in available]
-    if not unknown:
-        return None
-    close = difflib.get_close_matches(unknown[0], available, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    return (f"{key}={_shown(value)}: backbone {backbone} has no layer {', '.join(unknown)}{hint}; "
-            f"its layers are {', '.join(available)}")
 
 
 def layer_mistakes(cfg: DictConfig) -> list[str]:
@@ -276,21 +234,6 @@ def threshold_mistakes(cfg: DictConfig) -> list[str]:
             return [f"task.{key}={_shown(value)} has no effect with task.threshold_rule={rule}: add "
                     f"task.threshold_rule={key} to use it, or remove task.{key}"]
     return []
-
-
-def gpus_visible() -> bool:
-    """Whether this machine shows a GPU device, told without torch (which takes seconds to import).
-
-    Linux exposes NVIDIA GPUs as /dev/nvidia<N> (containers too), AMD ones through /dev/kfd and
-    WSL's through /dev/dxg. Elsewhere we cannot tell cheaply, and Lightning decides.
-    """
-    if not sys.platform.startswith("linux"):
-        return True
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return False
-    dev = Path("/dev")
-    return any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists() or (dev / "dxg").exists()
 
 
 @functools.cache

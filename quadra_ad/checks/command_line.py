@@ -108,14 +108,14 @@ def _yaml_error(error) -> ConfigError:
 
 def _unknown_key_error(key: str, overrides: Sequence[str]) -> ConfigError:
     """``key`` is not in the composed config: name the keys it could have meant."""
-    from quadra_ad.config.compose import compose_config
+    from quadra_ad.checks.composition import compose_config
 
     parent, _, leaf = key.rpartition(".")
     others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
     try:
         node = compose_config(others, warn=False)
         node = OmegaConf.select(node, parent) if parent else node
-        known = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+        known = [str(k) for k in node] if isinstance(node, DictConfig) else []
     except Exception:  # noqa: BLE001 - the hint is optional, the message is not
         known = []
     if leaf in known:
@@ -136,7 +136,7 @@ def compose_checked(overrides: Sequence[str], with_hydra: bool = False) -> DictC
     import yaml
     from hydra.errors import ConfigCompositionException, OverrideParseException
 
-    from quadra_ad.config.compose import compose_config
+    from quadra_ad.checks.composition import compose_config
 
     check_override_syntax(overrides)
     try:

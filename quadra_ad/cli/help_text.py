@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from omegaconf import OmegaConf
 
+from quadra_ad.checks.command_line import compose_checked, group_options, selectable_groups
 from quadra_ad.config.locations import config_dir
-from quadra_ad.config.preflight import compose_checked, group_options, selectable_groups
 
 
 def config_groups_text() -> str:

@@ -28,7 +28,7 @@ def _require_training_extra(prog: str) -> None:
 def quadra_ad() -> None:
     _require_training_extra("quadra-ad")
     try:
-        from quadra_ad.cli import main
+        from quadra_ad.cli.train import main
     except KeyboardInterrupt:
         # Ctrl-C while the command itself is still being imported: nothing has run yet.
         import os
@@ -38,21 +38,21 @@ def quadra_ad() -> None:
         print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.stderr.flush()
         os._exit(130)
-    from quadra_ad.interrupts import quiet_broken_pipe
+    from quadra_ad.runtime.interrupts import quiet_broken_pipe
 
     try:
         with quiet_broken_pipe():
             main()
     finally:
-        from quadra_ad.garbage_collection import skip_final_collection
+        from quadra_ad.runtime.garbage_collection import skip_final_collection
 
         skip_final_collection()  # the process ends here, normally or through sys.exit
 
 
 def quadra_ad_compare():
     _require_training_extra("quadra-ad-compare")
-    from quadra_ad.compare_cli import main
-    from quadra_ad.interrupts import quiet_broken_pipe
+    from quadra_ad.cli.compare import main
+    from quadra_ad.runtime.interrupts import quiet_broken_pipe
 
     with quiet_broken_pipe():
         return main()
@@ -60,8 +60,8 @@ def quadra_ad_compare():
 
 def quadra_ad_upload():
     _require_training_extra("quadra-ad-upload")
-    from quadra_ad.interrupts import quiet_broken_pipe
-    from quadra_ad.upload_cli import main
+    from quadra_ad.cli.upload import main
+    from quadra_ad.runtime.interrupts import quiet_broken_pipe
 
     with quiet_broken_pipe():
         return main()

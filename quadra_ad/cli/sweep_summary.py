@@ -58,7 +58,7 @@ class SweepSummary(Callback):
             from quadra_ad.tracking.sweep_parent import log_sweep_parent
 
             parent = log_sweep_parent(sweep_dir, jobs, files)
-        except Exception as error:  # noqa: BLE001 - the jobs and the report on disk are what matter
+        except Exception as error:
             log.debug("sweep parent run not logged", exc_info=True)
             text = str(error).strip()
             outcome.tracking_error = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

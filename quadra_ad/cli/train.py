@@ -21,21 +21,22 @@ from typing import NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from quadra_ad.config.experiment_source import register_experiment_sources
-from quadra_ad.config.launchers import register_launcher_presets
-from quadra_ad.config.locations import config_dir
-from quadra_ad.config.preflight import (
+from quadra_ad.checks.command_line import (
     check_group_choices,
     check_plugins,
     compose_checked,
     expand_category_patterns,
     group_options,
 )
-from quadra_ad.config.compose import finish_config
+from quadra_ad.checks.composition import finish_config
+from quadra_ad.config.experiment_source import register_experiment_sources
+from quadra_ad.config.launchers import register_launcher_presets
+from quadra_ad.config.locations import config_dir
 from quadra_ad.config.resolvers import register_resolvers
 from quadra_ad.errors import INTERRUPTED_AT_START, QuadraADError
-from quadra_ad.garbage_collection import freeze_imports
-from quadra_ad.interrupts import (
+from quadra_ad.reports.sweep_report import mark_job_failed
+from quadra_ad.runtime.garbage_collection import freeze_imports
+from quadra_ad.runtime.interrupts import (
     OutputClosed,
     Terminated,
     install_sigterm_handler,
@@ -45,8 +46,7 @@ from quadra_ad.interrupts import (
     sigterm_received,
     wait_for_ddp_processes,
 )
-from quadra_ad.quiet import quiet_third_party
-from quadra_ad.reports.sweep_report import mark_job_failed
+from quadra_ad.runtime.quiet_terminal import quiet_third_party
 
 #: Set once the whole command line was checked before Hydra started the run.
 _CHECKED_BEFORE_HYDRA = False
@@ -155,7 +155,7 @@ def _run_job(cfg: DictConfig) -> float | None:
 
             print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         if not _CHECKED_BEFORE_HYDRA:
-            from quadra_ad.startup_checks import check_before_run
+            from quadra_ad.checks.before_run import check_before_run
 
             check_before_run(cfg)
         from quadra_ad.run import build_task, objective  # deferred: pulls in torch and anomalib
@@ -291,7 +291,7 @@ def _print_config(shown: str, package: str | None, resolve: bool, overrides: lis
 
 def _check_plain_run(args: list[str]) -> None:
     global _CHECKED_BEFORE_HYDRA
-    from quadra_ad.startup_checks import check_before_run
+    from quadra_ad.checks.before_run import check_before_run
 
     # Hydra's own settings (run folder, callbacks) do not change what the task gets.
     overrides = [arg for arg in args if not arg.lstrip("+~").startswith("hydra.")]
@@ -362,7 +362,7 @@ def main() -> None:
         if _is_plain_run(args):
             _check_plain_run(args)
         elif _is_help(args):
-            from quadra_ad.config.help_text import help_text
+            from quadra_ad.cli.help_text import help_text
 
             print(help_text([arg for arg in args if arg not in HELP_FLAGS]))
             return
@@ -397,7 +397,7 @@ def _exit_for_failed_jobs() -> None:
     """After a sweep: where its report and parent run are, its best job, its failed jobs
     (whichever launcher ran them); exit 2 when all failures were mistakes, 1 when any crashed or
     left nothing."""
-    from quadra_ad.sweep_summary import FINISHED_SWEEPS
+    from quadra_ad.cli.sweep_summary import FINISHED_SWEEPS
 
     for outcome in FINISHED_SWEEPS:
         _print_sweep(outcome)

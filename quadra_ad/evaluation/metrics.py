@@ -5,7 +5,7 @@ and listed in :attr:`Metrics.not_applicable` with the reason (``metrics.json`` s
 with that reason; MLflow and comparisons never see it).
 
 AUROC, AP, confusion counts and F1/precision/recall come from scikit-learn (AUROC and AP in
-float64); AUPRO from :mod:`quadra_ad.aupro`, anomalib's ``AUPRO`` value (to 1e-6) computed
+float64); AUPRO from :mod:`quadra_ad.evaluation.aupro`, anomalib's ``AUPRO`` value (to 1e-6) computed
 several times faster. torchmetrics is not used for AUROC: it passes
 any score outside [0, 1] through a sigmoid, which saturates raw anomaly scores (a PaDiM score of
 40 and one of 400 both become 1.0) and silently turns the ranking into ties.
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-from quadra_ad.aupro import aupro as exact_aupro
-from quadra_ad.scored_set import ScoredSet
-from quadra_ad.thresholds import Calibration
+from quadra_ad.evaluation.aupro import aupro as exact_aupro
+from quadra_ad.evaluation.scored_set import ScoredSet
+from quadra_ad.evaluation.thresholds import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def region_metrics(maps: torch.Tensor, masks: torch.Tensor) -> Metrics:
 
 def aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> float:
     """Area under the per-region-overlap curve up to ``fpr_limit``: anomalib's ``AUPRO`` value, by
-    :func:`quadra_ad.aupro.aupro` (same definition, 9-27x faster on CPU)."""
+    :func:`quadra_ad.evaluation.aupro.aupro` (same definition, 9-27x faster on CPU)."""
     return exact_aupro(maps, masks, fpr_limit=fpr_limit)
 
 
