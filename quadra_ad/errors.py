@@ -40,6 +40,31 @@ class DiskFullError(QuadraADError):
     """The disk of the run folder filled up: what was written before is complete and kept."""
 
 
+def first_line(error: BaseException, typed: bool = False, limit: int = 200) -> str:
+    """The first line of an error's message, for one-line reports, logs and run tags (at most
+    ``limit`` characters); its type's name when the message is empty. ``typed``: prefixed with the
+    type's name (``OSError: ...``), where the reader needs to know what failed, not only why."""
+    text = str(error).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    if typed:
+        return f"{type(error).__name__}: {line}"[:limit]
+    return (line or type(error).__name__)[:limit]
+
+
+def mistake_line(error: BaseException) -> str:
+    """The line a user reads for a mistake: the whole message on one line.
+
+    An error raised in a DataLoader worker comes back re-wrapped with the worker's traceback in
+    its message; the line we wrote is the last one, after ``module.ErrorClass: ``.
+    """
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in str(error):
+        last = lines[-1]
+        prefix = f"{type(error).__module__}.{type(error).__name__}: "
+        return last[len(prefix):] if last.startswith(prefix) else last
+    return " ".join(line.strip() for line in lines)
+
+
 def exception_chain(error: BaseException | None) -> Iterator[BaseException]:
     """``error``, then what caused it (or was being handled when it was raised), and so on, each once.
 

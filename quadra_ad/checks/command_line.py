@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from quadra_ad.config.locations import config_dir, experiment_dirs
-from quadra_ad.errors import ConfigError
+from quadra_ad.errors import ConfigError, first_line
 
 _SWEEP_MARKERS = ("(", ")", "[", "]", "{", "}", "$", "*")
 
@@ -78,8 +78,7 @@ def _parse_error(override: str, error: Exception) -> ConfigError:
             f"cannot read the override '{override}': Hydra takes characters such as {', '.join(odd)} only inside quotes; "
             f"write it as {key}=\"{value}\" (in a shell: '{key}=\"{value}\"')"
         )
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ConfigError(f"cannot read the override '{override}' ({first}): quote values that hold spaces, brackets, "
+    return ConfigError(f"cannot read the override '{override}' ({first_line(error)}): quote values that hold spaces, brackets, "
                        f"commas or '=' as {key}=\"...\"")
 
 
@@ -98,7 +97,7 @@ def check_override_syntax(overrides: Sequence[str]) -> None:
 
 def _yaml_error(error) -> ConfigError:
     mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+    problem = getattr(error, "problem", None) or first_line(error)
     where = f"'{mark.name}' line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "an experiment file"
     context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
     if context and context_mark is not None:
@@ -144,7 +143,7 @@ def compose_checked(overrides: Sequence[str], with_hydra: bool = False) -> DictC
     except yaml.YAMLError as error:
         raise _yaml_error(error) from None
     except OverrideParseException as error:
-        raise ConfigError(str(error).strip().splitlines()[0]) from None
+        raise ConfigError(first_line(error)) from None
     except ConfigCompositionException as error:
         match = re.match(r"Could not override '([^']+)'", str(error))
         cause = error.__cause__

@@ -29,6 +29,7 @@ import os
 import sys
 from pathlib import Path
 
+from quadra_ad.errors import first_line
 from quadra_ad.tracking.mlflow_writer import sqlite_database, sqlite_store_problem
 from quadra_ad.tracking.regression_gate import (
     Baseline,
@@ -136,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if database is None:
             raise
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        return _fail(f"'{database}' is not a readable MLflow store ({type(error).__name__}: {first}); pass "
+        return _fail(f"'{database}' is not a readable MLflow store ({first_line(error, typed=True)}); pass "
                      f"--tracking-uri <uri> for another one")
     if baseline is None and not table.rows:
         print(f"quadra-ad-compare: no runs match at {tracking_uri}", file=sys.stderr)

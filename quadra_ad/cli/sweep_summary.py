@@ -14,6 +14,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from quadra_ad.errors import first_line
 from quadra_ad.reports.sweep_report import JobResult, best_job, collect_jobs, write_sweep_report
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,7 @@ class SweepSummary(Callback):
             parent = log_sweep_parent(sweep_dir, jobs, files)
         except Exception as error:
             log.debug("sweep parent run not logged", exc_info=True)
-            text = str(error).strip()
-            outcome.tracking_error = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+            outcome.tracking_error = first_line(error, typed=True)
             return
         if parent is not None:
             outcome.parent_run_id, outcome.parent_experiment = parent.run_id, parent.experiment_name

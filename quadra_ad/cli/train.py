@@ -33,7 +33,7 @@ from quadra_ad.config.experiment_source import register_experiment_sources
 from quadra_ad.config.launchers import register_launcher_presets
 from quadra_ad.config.locations import config_dir
 from quadra_ad.config.resolvers import register_resolvers
-from quadra_ad.errors import INTERRUPTED_AT_START, QuadraADError
+from quadra_ad.errors import INTERRUPTED_AT_START, QuadraADError, mistake_line
 from quadra_ad.reports.sweep_report import mark_job_failed
 from quadra_ad.runtime.garbage_collection import freeze_imports
 from quadra_ad.runtime.interrupts import (
@@ -57,24 +57,10 @@ TERMINATED_AT_START = "quadra-ad: terminated (SIGTERM) before the run started: n
 EXIT_TERMINATED = 143
 
 
-def one_line(error: BaseException) -> str:
-    """The user-facing line of an error.
-
-    An error raised in a DataLoader worker comes back re-wrapped with the worker's traceback in
-    its message; the line we wrote is the last one, after ``module.ErrorClass: ``.
-    """
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    if len(lines) > 1 and "Original Traceback" in str(error):
-        last = lines[-1]
-        prefix = f"{type(error).__module__}.{type(error).__name__}: "
-        return last[len(prefix):] if last.startswith(prefix) else last
-    return " ".join(line.strip() for line in lines)
-
-
 def _fail(error: QuadraADError) -> NoReturn:
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error
-    for line in getattr(error, "lines", None) or [one_line(error)]:
+    for line in getattr(error, "lines", None) or [mistake_line(error)]:
         print(f"quadra-ad: error: {line}", file=sys.stderr)
     sys.exit(2)
 
@@ -99,7 +85,7 @@ def _mark_run_folder_failed(error: BaseException, mistake: bool = True) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         folder = HydraConfig.get().runtime.output_dir
-        mark_job_failed(folder, one_line(error) if mistake else f"{type(error).__name__}: {one_line(error)}", mistake)
+        mark_job_failed(folder, mistake_line(error) if mistake else f"{type(error).__name__}: {mistake_line(error)}", mistake)
     except (ValueError, OSError):
         pass
 
@@ -129,7 +115,7 @@ def _record_failed_job(job: str, cfg: DictConfig, task, error: BaseException, mi
             track_failed_start(cfg, Path(HydraConfig.get().runtime.output_dir), error)
         except TrackingFailed as failure:
             print(f"quadra-ad: {failure}", file=sys.stderr)
-    line = one_line(error) if mistake else f"{type(error).__name__}: {one_line(error)}"
+    line = mistake_line(error) if mistake else f"{type(error).__name__}: {mistake_line(error)}"
     print(f"quadra-ad: {job} failed: {line}", file=sys.stderr)
     return math.nan
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from quadra_ad.deploy.model_card import ModelCard
-from quadra_ad.errors import ConfigError
+from quadra_ad.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -243,9 +243,3 @@ def _close(expected, got) -> bool:
     expected, got = np.asarray(expected.cpu(), dtype=np.float32), np.asarray(got.cpu(), dtype=np.float32)
     scale = float(np.abs(expected).max()) if expected.size else 0.0
     return expected.shape == got.shape and bool(np.allclose(got, expected, rtol=1e-4, atol=1e-4 * max(scale, 1e-6)))
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (at most 200 characters), for one-line reports."""
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__

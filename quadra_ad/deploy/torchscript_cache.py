@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quadra_ad.deploy.model_card import file_sha256
+from quadra_ad.errors import first_line
 from quadra_ad.files import atomic_path, write_text
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def read_cache(graph_file: Path, device: str, key: dict) -> CachedGraph | None:
             raise ValueError("its content is not the one recorded")
         frozen = torch.jit.load(io.BytesIO(content), map_location=device)
     except Exception as error:  # noqa: BLE001 - whatever is wrong with the file, rebuild it
-        log.info("Ignoring the corrupt TorchScript cache '%s' (%s): rebuilding it", frozen_path, _first_line(error))
+        log.info("Ignoring the corrupt TorchScript cache '%s' (%s): rebuilding it", frozen_path, first_line(error))
         return None
     return CachedGraph(frozen=frozen)
 
@@ -115,11 +116,6 @@ def write_cache(graph_file: Path, device: str, key: dict, frozen_bytes: bytes | 
         write_text(record_path, json.dumps(record, indent=2) + "\n")
     except OSError as error:
         log.info("Cannot keep the optimised TorchScript graph beside '%s' (%s): each load will optimise it again",
-                 graph_file, _first_line(error))
+                 graph_file, first_line(error))
         return False
     return True
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -16,7 +16,7 @@ import torch
 
 from quadra_ad.deploy.model_card import ONNX_WEIGHTS, VALID_AREA_MASK
 from quadra_ad.deploy.runners import OnnxModel, OpenVinoModel, TorchScriptModel
-from quadra_ad.errors import ConfigError, ExportError
+from quadra_ad.errors import ConfigError, ExportError, first_line
 from quadra_ad.export.background import BackgroundExport, ExportStalled
 from quadra_ad.export.graph import INPUT_NAME, OUTPUT_NAMES, AnomalyGraph
 from quadra_ad.files import atomic_path, disk_is_full
@@ -249,8 +249,7 @@ def export_graph(
         except (RuntimeError, torch.jit.Error, NotImplementedError) as error:
             if disk_is_full(error, folder):
                 raise OSError(errno.ENOSPC, f"no space left writing the {export_type} export in '{folder}'") from error
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ExportError(f"export to {export_type} failed for this model: {first_line}; "
+            raise ExportError(f"export to {export_type} failed for this model: {first_line(error)}; "
                               f"remove '{export_type}' from export.types to skip it") from error
     return written
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from quadra_ad.errors import ConfigError
+from quadra_ad.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -116,8 +116,7 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     except ConfigError:
         raise
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{KEY} '{path}' cannot be loaded as {WHAT_IT_TAKES} ({first[:200]})") from error
+        raise ConfigError(f"{KEY} '{path}' cannot be loaded as {WHAT_IT_TAKES} ({first_line(error)})") from error
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]

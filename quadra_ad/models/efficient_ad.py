@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from anomalib.models import EfficientAd as AnomalibEfficientAd
 
-from quadra_ad.errors import ConfigError
+from quadra_ad.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ class EfficientAd(AnomalibEfficientAd):
         try:
             self.model.teacher.load_state_dict(state)
         except RuntimeError as error:
-            first = str(error).strip().splitlines()[0]
             raise ConfigError(
-                f"model.teacher_weights '{self.teacher_weights}' does not fit the {self._size_name()} teacher ({first}); "
+                f"model.teacher_weights '{self.teacher_weights}' does not fit the {self._size_name()} teacher "
+                f"({first_line(error)}); "
                 f"use pretrained_teacher_{self._size_name()}.pth or set model.model_size"
             ) from None
 

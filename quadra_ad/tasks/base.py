@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from quadra_ad.errors import DiskFullError
+from quadra_ad.errors import DiskFullError, first_line
 from quadra_ad.evaluation.metrics import Metrics
 from quadra_ad.files import disk_is_full, write_text
 from quadra_ad.runtime.interrupts import (
@@ -126,8 +126,7 @@ class Task:
             self.live_run.stop_system_metrics()
         tags = self.tracking_tags()
         if error is not None:
-            text = str(error).strip()
-            tags["quadra_ad.error"] = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+            tags["quadra_ad.error"] = first_line(error, typed=True, limit=500)
         metrics = {**self.metrics, **{f"time_{step}_s": seconds for step, seconds in self.timings.items()}}
         if self.peak_rss_mb is not None:
             metrics["peak_rss_mb"] = self.peak_rss_mb
@@ -214,9 +213,8 @@ class Task:
         try:
             live_run = LiveRun.open(record, self.params_known_later())
         except Exception as error:  # noqa: BLE001 - the run folder keeps the record either way
-            text = str(error).strip()
-            log.warning("The MLflow run could not be opened at the start (%s: %s); training goes on and the run is "
-                        "logged when it ends", type(error).__name__, text.splitlines()[0] if text else "")
+            log.warning("The MLflow run could not be opened at the start (%s); training goes on and the run is "
+                        "logged when it ends", first_line(error, typed=True))
             return
         self.live_run = live_run
         write_running_record({**record, "live_run_id": live_run.run_id}, self.output_dir)
@@ -235,8 +233,7 @@ class Task:
                       if p.is_file() and not p.name.startswith("."))
         shown = ", ".join(kept[:6]) + (f" and {len(kept) - 6} more" if len(kept) > 6 else "")
         return DiskFullError(
-            f"no space left on the disk of '{self.output_dir}' ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'write failed'}); the files written "
+            f"no space left on the disk of '{self.output_dir}' ({first_line(error, typed=True)}); the files written "
             f"before are complete and kept ({shown or 'none'}); free space, then log the run with: "
             f"quadra-ad-upload {self.output_dir}"
         )

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Mapping
 
+from quadra_ad.errors import first_line
 from quadra_ad.tracking.mlflow_writer import (
     check_server_reachable,
     check_sqlite_store_writable,
@@ -95,8 +96,7 @@ class LiveRun:
             with one_writer_at_a_time(self.tracking_uri):
                 request(MlflowClient(tracking_uri=self.tracking_uri))
         except Exception as error:  # noqa: BLE001 - live logging never stops a training
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            self.broken = f"{type(error).__name__}: {first}"[:300]
+            self.broken = first_line(error, typed=True, limit=300)
             self.stop_system_metrics()
             log.warning("MLflow stopped taking the live %s of run %s (%s); training goes on, the run folder keeps "
                         "everything and the run is completed at the end (or with quadra-ad-upload)",

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 import quadra_ad
+from quadra_ad.errors import first_line
 from quadra_ad.files import write_text
 from quadra_ad.tracking.params import flatten_config
 
@@ -163,8 +164,7 @@ def track_failed_start(config: DictConfig, output_dir: Path, error: BaseExceptio
     model = (config.get("model") or {}).get("_target_")
     if model:
         tags["quadra_ad.model"] = str(model).rsplit(".", 1)[-1]
-    text = str(error).strip()
-    tags["quadra_ad.error"] = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+    tags["quadra_ad.error"] = first_line(error, typed=True, limit=500)
     return track_run(config, output_dir, {}, [], tags, status="FAILED")
 
 
@@ -208,8 +208,8 @@ def upload_request(request_path: Path, tracking_uri: str | None = None, experime
         if missing:
             raise KeyError(f"no {', '.join(missing)}")
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DamagedRecord(f"'{request_path}' cannot be read as a run record ({type(error).__name__}: "
-                            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'empty'})") from None
+        raise DamagedRecord(f"'{request_path}' cannot be read as a run record "
+                            f"({first_line(error, typed=True)})") from None
     request["tracking_uri"] = tracking_uri or request["tracking_uri"]
     request["experiment_name"] = experiment_name or request["experiment_name"]
     problem = record_problem(request, Path(request_path).parent)
@@ -357,10 +357,9 @@ def _log_request(request: dict, run_dir: Path, request_path: Path | None):
             live_run_id=request.get("live_run_id"),
         )
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         log.debug("tracking failure", exc_info=True)
         raise TrackingFailed(
-            f"MLflow tracking failed ({type(error).__name__}: {first_line}); all outputs are safe in "
+            f"MLflow tracking failed ({first_line(error, typed=True)}); all outputs are safe in "
             f"{run_dir}; log them later with: quadra-ad-upload {run_dir}"
         ) from error
     tracked.missing_artifacts = tuple(p for p in request["artifacts"] if p not in present)
