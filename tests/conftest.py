@@ -54,6 +54,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from quadra_ad.checks.composition import compose_config  # noqa: E402 - after the offline settings above
 from quadra_ad.testing.synthetic import write_synthetic_dataset  # noqa: E402 - after the offline settings above
 
+#: Session-wide training runs, registered once here so that every folder shares them.
+pytest_plugins = ["tests.trained_runs"]
+
 IMAGE_SIZE = 32
 
 _CREATED_IN_USERS_HOME: list[Path] = []

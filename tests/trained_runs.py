@@ -1,4 +1,5 @@
-"""Training runs shared by the training and inference tests (one per model, per session)."""
+"""Training runs shared by the task, deploy and tracking tests (one per model, per session); a plugin
+that the root conftest loads, so that each runs once whichever folder asks for it."""
 
 import pytest
 
