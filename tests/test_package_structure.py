@@ -2,6 +2,7 @@
 importing the package changes no global state it does not own."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +222,16 @@ def test_importing_the_reports_leaves_matplotlib_backend_and_pyplot_alone():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["no-pyplot", "True"]
+
+
+#: An error's first line cut out by hand (``str(error).strip().splitlines()[0]``): errors.first_line does it.
+INLINE_FIRST_LINE = re.compile(r"str\(\s*(?:error|exc|err|failure|exception|cause)\s*\)[^\n]*\.splitlines\(\)(?:\[0\]| or \[)")
+
+
+def test_an_errors_first_line_is_cut_by_one_helper():
+    offending = [f"{_module_name(path)}:{number}" for path in sorted(PACKAGE.rglob("*.py")) if path.name != "errors.py"
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if INLINE_FIRST_LINE.search(line)]
+    assert offending == []
+    assert INLINE_FIRST_LINE.search('first = str(error).strip().splitlines()[0] if str(error).strip() else ""')
+    assert INLINE_FIRST_LINE.search("first = (str(error).strip().splitlines() or [type(error).__name__])[0]")
