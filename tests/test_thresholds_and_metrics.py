@@ -250,7 +250,7 @@ def test_a_good_share_threshold_leaves_at_most_that_share_of_good_scores_at_or_a
 ])
 def test_contradicting_threshold_settings_are_one_line(settings, message):
     from quadra_ad.errors import ConfigError
-    from quadra_ad.tasks.anomaly_training import threshold_rule_from_settings
+    from quadra_ad.evaluation.thresholds import threshold_rule_from_settings
 
     values = {"rule": "f1", "manual_image": None, "manual_pixel": None, "normalized": False, "target_fpr": 0.01,
               "good_percentile": 99.0, **settings}
@@ -260,7 +260,7 @@ def test_contradicting_threshold_settings_are_one_line(settings, message):
 
 
 def test_a_manual_image_threshold_alone_means_the_manual_rule():
-    from quadra_ad.tasks.anomaly_training import threshold_rule_from_settings
+    from quadra_ad.evaluation.thresholds import threshold_rule_from_settings
 
     rule = threshold_rule_from_settings("f1", 4.5, None, False, 0.01, 99.0)
     assert rule.image == "manual" and rule.manual_image == 4.5

@@ -12,8 +12,8 @@ AUROC a checkpoint monitors are computed over all images and are the same in eve
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from quadra_ad.evaluation.metrics import auroc, image_metrics
-from quadra_ad.evaluation.scored_set import ScoredSet
+from quadra_ad.evaluation.metrics import Metrics, auroc, image_metrics, scored_set_metrics
+from quadra_ad.evaluation.scored_set import ScoredSet, concat_scored_sets
 from quadra_ad.evaluation.thresholds import Calibration, ThresholdRule, calibrate, f1_optimal_threshold
 from quadra_ad.runtime.distributed import gather_objects, global_order, world_size
 
@@ -54,6 +54,26 @@ class ScoreCollector(Callback):
         if self._calibration is None and self.validation.labelled:
             self._calibration = calibrate(self.validation, self.rule)
         return self._calibration
+
+    @property
+    def tested(self) -> ScoredSet:
+        """The test images, then the unlabelled ones (predict): every image a run reports on."""
+        return concat_scored_sets(self.test, self.predict)
+
+    @property
+    def has_anomaly_maps(self) -> bool:
+        """True when the model produced anomaly maps (image-level models only give scores)."""
+        return self.test.has_maps or self.validation.has_maps
+
+    def test_metrics(self) -> Metrics:
+        """The test images' metrics at the latest validation's thresholds, with the words for how
+        each threshold was really set (the calibration's, not the rule asked for)."""
+        calibration = self.calibration
+        metrics = scored_set_metrics(self.test, calibration)
+        metrics.provenance["image_threshold"] = calibration.image_threshold_rule
+        if calibration.pixel_threshold_rule is not None:
+            metrics.provenance["pixel_threshold"] = calibration.pixel_threshold_rule
+        return metrics
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self.validation = ScoredSet()

@@ -19,6 +19,12 @@ from quadra_ad.config.device_fallback import STRATEGIES, process_count
 from quadra_ad.config.instantiation import missing_value_error
 from quadra_ad.config.locations import config_dir
 from quadra_ad.errors import ConfigError
+from quadra_ad.evaluation.thresholds import (
+    GOOD_IMAGE_RULES,
+    IMAGE_RULES,
+    TRAINING_THRESHOLD_TYPES,
+    threshold_key_mistakes,
+)
 from quadra_ad.models.backbone_layers import BACKBONE_FEATURES, unknown_layer_message
 
 #: The deepest feature map of the supported backbones is 1/32 of the input.
@@ -109,6 +115,10 @@ def _tracking_uri(value: Any) -> bool:
     return not separator or scheme in TRACKING_SCHEMES or len(scheme) == 1  # C://… on Windows
 
 
+def _one_of(names: tuple[str, ...]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 @dataclass(frozen=True)
 class Rule:
     """``key`` takes values for which ``accepts`` is true, described for the user by ``takes``."""
@@ -160,9 +170,8 @@ RULES = (
     Rule("task.custom_normalized_threshold", _number, "a number (0.5 = the training threshold)", nullable=True),
     Rule("task.target_fpr", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     Rule("task.good_percentile", lambda v: _number(v) and 0 < v <= 100, "a number in (0, 100]"),
-    Rule("task.threshold_rule", lambda v: v in ("f1", "manual", "target_fpr", "good_percentile"),
-         "f1, manual, target_fpr or good_percentile"),
-    Rule("task.training_threshold_type", lambda v: v in ("image", "pixel"), "image or pixel"),
+    Rule("task.threshold_rule", lambda v: v in IMAGE_RULES, _one_of(IMAGE_RULES)),
+    Rule("task.training_threshold_type", lambda v: v in TRAINING_THRESHOLD_TYPES, _one_of(TRAINING_THRESHOLD_TYPES)),
     Rule("export.types", lambda v: _sequence(v) and all(t in EXPORT_TYPES for t in v),
          f"a list of {', '.join(EXPORT_TYPES)} such as [torchscript, onnx] (or [] for none)", nullable=True),
     Rule("export.onnx_opset", lambda v: _whole(v) and v >= MIN_ONNX_OPSET,
@@ -213,27 +222,17 @@ def _training_task_defaults() -> DictConfig:
 
 
 def threshold_mistakes(cfg: DictConfig) -> list[str]:
-    """Threshold keys that contradict ``task.threshold_rule`` or that it would ignore (the same
-    rules as the training task applies, checked before torch is imported)."""
+    """Threshold keys that contradict ``task.threshold_rule`` or that it would ignore, as
+    :func:`~quadra_ad.evaluation.thresholds.threshold_key_mistakes` words them for the training
+    task too, checked before torch is imported."""
     rule = _select(cfg, "task.threshold_rule")
     if rule is None:
         return []
-    manual = _select(cfg, "task.manual_image_threshold")
-    if rule == "f1" and manual is not None:
-        rule = "manual"  # as in Quadra: a manual threshold alone picks the manual rule
-    if rule == "manual" and manual is None:
-        return ["task.threshold_rule=manual needs task.manual_image_threshold=<score>"]
-    if rule != "manual" and manual is not None:
-        return [f"task.manual_image_threshold is set but task.threshold_rule={rule}: give one of the two"]
-    if _select(cfg, "task.manual_threshold_normalized") and manual is None:
-        return ["task.manual_threshold_normalized=true applies to task.manual_image_threshold, which is not set"]
     defaults = _training_task_defaults()
-    for key in ("target_fpr", "good_percentile"):
-        value = _select(cfg, f"task.{key}")
-        if rule != key and value is not None and value != defaults.get(key):
-            return [f"task.{key}={_shown(value)} has no effect with task.threshold_rule={rule}: add "
-                    f"task.threshold_rule={key} to use it, or remove task.{key}"]
-    return []
+    changed = {key: value for key in GOOD_IMAGE_RULES
+               if (value := _select(cfg, f"task.{key}")) is not None and value != defaults.get(key)}
+    return threshold_key_mistakes(rule, _select(cfg, "task.manual_image_threshold"),
+                                  _select(cfg, "task.manual_threshold_normalized"), changed)[:1]
 
 
 @functools.cache

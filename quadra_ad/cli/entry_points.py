@@ -20,39 +20,42 @@ def missing_training_packages() -> list[str]:
 def _require_training_extra(prog: str) -> None:
     missing = missing_training_packages()
     if missing:
+        from quadra_ad.runtime.exit_codes import EXIT_MISTAKE
+
         print(f"{prog}: needs quadra_ad's training extra (missing: {', '.join(missing)}): "
               f"pip install 'quadra_ad[train]' (quadra-ad-predict runs exported models without it)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_MISTAKE)
+
+
+def _interrupted_while_importing(ending) -> None:
+    """Ctrl-C while the command itself is still being imported: nothing has run yet."""
+    from quadra_ad.errors import INTERRUPTED_AT_START
+    from quadra_ad.runtime.run_ending import exit_at_once
+
+    if ending.stopped:
+        print(INTERRUPTED_AT_START, file=sys.stderr)
+        exit_at_once(ending.exit_code)
 
 
 def quadra_ad() -> None:
     _require_training_extra("quadra-ad")
-    try:
+    from quadra_ad.runtime.closed_output import quiet_broken_pipe
+    from quadra_ad.runtime.garbage_collection import skip_final_collection
+    from quadra_ad.runtime.run_ending import ending_the_run
+
+    with ending_the_run(say=_interrupted_while_importing, exits=True):
         from quadra_ad.cli.train import main
-    except KeyboardInterrupt:
-        # Ctrl-C while the command itself is still being imported: nothing has run yet.
-        import os
-
-        from quadra_ad.errors import INTERRUPTED_AT_START
-
-        print(INTERRUPTED_AT_START, file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(130)
-    from quadra_ad.runtime.interrupts import quiet_broken_pipe
-
     try:
         with quiet_broken_pipe():
             main()
     finally:
-        from quadra_ad.runtime.garbage_collection import skip_final_collection
-
         skip_final_collection()  # the process ends here, normally or through sys.exit
 
 
 def quadra_ad_compare():
     _require_training_extra("quadra-ad-compare")
     from quadra_ad.cli.compare import main
-    from quadra_ad.runtime.interrupts import quiet_broken_pipe
+    from quadra_ad.runtime.closed_output import quiet_broken_pipe
 
     with quiet_broken_pipe():
         return main()
@@ -61,7 +64,7 @@ def quadra_ad_compare():
 def quadra_ad_upload():
     _require_training_extra("quadra-ad-upload")
     from quadra_ad.cli.upload import main
-    from quadra_ad.runtime.interrupts import quiet_broken_pipe
+    from quadra_ad.runtime.closed_output import quiet_broken_pipe
 
     with quiet_broken_pipe():
         return main()

@@ -29,13 +29,13 @@ import cv2
 import numpy as np
 
 from quadra_ad.deploy.images import IMAGE_SUFFIXES, is_image_file
-from quadra_ad.errors import DatasetError, QuadraADError
+from quadra_ad.errors import DatasetError, QuadraADError, mistake_line
 from quadra_ad.files import atomic_path
+from quadra_ad.runtime.exit_codes import EXIT_MISTAKE
+from quadra_ad.runtime.run_ending import Ending, ending_the_run
 
 PROG = "quadra-ad-predict"
 COLUMNS = ["image_path", "raw_score", "normalized_score", "predicted_label", "threshold"]
-#: The shell's code for a process that SIGPIPE stopped (128 + 13): what ``yes | head`` leaves in PIPESTATUS.
-BROKEN_PIPE_EXIT = 141
 #: The labels in heatmap names.
 LABEL_NAMES = ("good", "anomalous")
 #: Path parts of the image kept in its heatmap's name, and that name's most bytes before the hash.
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _fail(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_MISTAKE)
 
 
 def iter_images(arguments: list[str]) -> Iterator[Path]:
@@ -140,14 +140,6 @@ def write_heatmap(prediction, folder: Path, low: float, high: float) -> Path:
     return path
 
 
-def _silence_stdout() -> None:
-    """Point stdout at the null device: Python flushes it again at exit, and on the closed pipe that
-    would print a BrokenPipeError (the recipe of the ``signal`` module's documentation)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.batch < 1:
@@ -185,22 +177,26 @@ def main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         progress = tqdm(unit="img", file=sys.stderr)
+
+    def say(ending: Ending) -> None:
+        # A closed output (`quadra-ad-predict … | head` read what it wanted) ends quietly, as tools do.
+        if ending.stopped:
+            print(f"{PROG}: interrupted after {scored} images; the results written so far are complete lines",
+                  file=sys.stderr)
+        elif ending.mistake:
+            print(f"{PROG}: {mistake_line(ending.error)}", file=sys.stderr)
+
     try:
-        for prediction in predictor.predict_stream(iter_images(args.images), args.batch, on_error=skip,
-                                                   keep_images=args.heatmaps is not None):
-            writer.write(prediction)
-            if args.heatmaps is not None:
-                write_heatmap(prediction, args.heatmaps, low, high)
-            scored += 1
-            anomalous += prediction.label
-            if progress is not None:
-                progress.update(1)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted after {scored} images; the results written so far are complete lines", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `quadra-ad-predict … | head` read what it wanted: stop quietly, as tools do
-        _silence_stdout()
-        return BROKEN_PIPE_EXIT
+        with ending_the_run(say=say, exits=True):
+            for prediction in predictor.predict_stream(iter_images(args.images), args.batch, on_error=skip,
+                                                       keep_images=args.heatmaps is not None):
+                writer.write(prediction)
+                if args.heatmaps is not None:
+                    write_heatmap(prediction, args.heatmaps, low, high)
+                scored += 1
+                anomalous += prediction.label
+                if progress is not None:
+                    progress.update(1)
     except OSError as error:  # --out or a heatmap could not be written (full disk, permissions)
         _fail(f"cannot write '{error.filename or args.out or args.heatmaps}': {error.strerror or error}")
     finally:

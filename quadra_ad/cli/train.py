@@ -7,16 +7,17 @@ values, working directory, dataset, exported model): a mistake is one line and e
 about a second, with no run folder. Runs with Hydra flags (``-m``, ``--cfg`` …) get the same
 checks inside each job, whose folder is then marked ``FAILED.txt``. Everything heavy (torch,
 anomalib, mlflow) is imported after that, so ``--help``, ``--cfg job`` and errors stay fast.
-This module is the only one of ``quadra-ad`` that prints; the package logs.
+How the command ends (exit code, run status) is :func:`quadra_ad.runtime.run_ending.ending_the_run`'s
+to decide; this module says the last lines. It is the only one of ``quadra-ad`` that prints; the
+package logs.
 """
 
 import logging
 import math
 import os
-import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig
@@ -29,40 +30,66 @@ from quadra_ad.checks.command_line import (
     group_options,
 )
 from quadra_ad.checks.composition import finish_config
+from quadra_ad.checks.run_folder import check_run_folder_can_be_made
 from quadra_ad.config.experiment_source import register_experiment_sources
 from quadra_ad.config.launchers import register_launcher_presets
 from quadra_ad.config.locations import config_dir
 from quadra_ad.config.resolvers import register_resolvers
-from quadra_ad.errors import INTERRUPTED_AT_START, QuadraADError, mistake_line
+from quadra_ad.errors import INTERRUPTED_AT_START, mistake_line
 from quadra_ad.reports.sweep_report import mark_job_failed
+from quadra_ad.runtime.closed_output import quiet_broken_pipe
+from quadra_ad.runtime.exit_codes import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_MISTAKE
 from quadra_ad.runtime.garbage_collection import freeze_imports
-from quadra_ad.runtime.interrupts import (
-    OutputClosed,
-    Terminated,
+from quadra_ad.runtime.quiet_terminal import quiet_third_party
+from quadra_ad.runtime.run_ending import Ending, ending_the_run, exit_at_once
+from quadra_ad.runtime.signals import (
+    die_of_sigpipe,
     install_sigterm_handler,
     keep_sigterm_from_lightning,
-    output_reader_gone,
-    quiet_broken_pipe,
-    sigterm_received,
-    wait_for_ddp_processes,
+    other_ddp_process,
 )
-from quadra_ad.runtime.quiet_terminal import quiet_third_party
 
-#: Set once the whole command line was checked before Hydra started the run.
-_CHECKED_BEFORE_HYDRA = False
-#: Set once Hydra has composed the config and called the task function.
-_TASK_FUNCTION_STARTED = False
 TERMINATED_AT_START = "quadra-ad: terminated (SIGTERM) before the run started: nothing was written"
-#: What a process stopped by SIGTERM exits with (128 + 15), as shells report it.
-EXIT_TERMINATED = 143
 
 
-def _fail(error: QuadraADError) -> NoReturn:
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise error
+@dataclass
+class _Command:
+    """What one ``quadra-ad`` command knows on both sides of Hydra's call of the task function."""
+
+    #: The whole command line was checked before Hydra started the run.
+    checked_before_hydra: bool = False
+    #: Hydra has composed the config and called the task function.
+    job_started: bool = False
+
+
+def _full_error() -> bool:
+    """``HYDRA_FULL_ERROR=1``: a mistake is raised on with its traceback, as Hydra does."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _say_mistake(error: BaseException) -> None:
+    if _full_error():
+        return  # raised on whole
     for line in getattr(error, "lines", None) or [mistake_line(error)]:
         print(f"quadra-ad: error: {line}", file=sys.stderr)
-    sys.exit(2)
+
+
+def _say_stopped_before_the_run(ending: Ending) -> None:
+    """Nothing was written yet. Ctrl-C ends the process at once: it may have landed inside the
+    import of a large library, whose half-initialised state the interpreter's shutdown trips on."""
+    if ending.terminated:
+        print(TERMINATED_AT_START, file=sys.stderr)
+        return
+    print(INTERRUPTED_AT_START, file=sys.stderr)
+    exit_at_once(EXIT_INTERRUPTED)
+
+
+def _say_before_the_run(ending: Ending) -> None:
+    """The last words of a command stopped or mistaken before Hydra started the run."""
+    if ending.stopped:
+        _say_stopped_before_the_run(ending)
+    elif ending.mistake:
+        _say_mistake(ending.error)
 
 
 def _print_tracking(task) -> None:
@@ -104,7 +131,7 @@ def _job_in_sweep() -> str | None:
     return f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)})"
 
 
-def _record_failed_job(job: str, cfg: DictConfig, task, error: BaseException, mistake: bool) -> float:
+def _record_failed_job(job: str, cfg: DictConfig, task, error: BaseException, mistake: bool) -> None:
     """A failed sweep job is logged FAILED and reported; the sweep goes on with the next job."""
     if task is None or (task.tracked_run is None and task.tracking_error is None):
         from hydra.core.hydra_config import HydraConfig
@@ -117,21 +144,29 @@ def _record_failed_job(job: str, cfg: DictConfig, task, error: BaseException, mi
             print(f"quadra-ad: {failure}", file=sys.stderr)
     line = mistake_line(error) if mistake else f"{type(error).__name__}: {mistake_line(error)}"
     print(f"quadra-ad: {job} failed: {line}", file=sys.stderr)
-    return math.nan
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def _hydra_entry(cfg: DictConfig) -> float | None:
-    # Inside Hydra's task function: Hydra would print a BrokenPipeError's traceback itself.
-    with quiet_broken_pipe():
-        return _run_job(cfg)
+def _hydra_entry(command: _Command):
+    """Hydra's task function for this command (Hydra calls it with the composed config, once per job)."""
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+    def job(cfg: DictConfig) -> float | None:
+        # Inside Hydra's task function: Hydra would print a BrokenPipeError's traceback itself.
+        with quiet_broken_pipe():
+            return _run_job(cfg, command)
+
+    return job
 
 
-def _run_job(cfg: DictConfig) -> float | None:
-    global _TASK_FUNCTION_STARTED
-    _TASK_FUNCTION_STARTED = True
-    task = None
-    try:
+class _Job:
+    """One Hydra job: its config, and the task built from it (None until it is built)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.task = None
+
+    def run(self, checked_before_hydra: bool) -> None:
+        cfg = self.cfg
         # Again: Hydra composed this config itself. The CPU-fallback line is logged here, where the
         # run's log file records it too, rather than by the check before Hydra.
         if cpu_fallback := finish_config(cfg):
@@ -140,71 +175,68 @@ def _run_job(cfg: DictConfig) -> float | None:
             from omegaconf import OmegaConf
 
             print(OmegaConf.to_yaml(cfg, resolve=True), end="")
-        if not _CHECKED_BEFORE_HYDRA:
+        if not checked_before_hydra:
             from quadra_ad.checks.before_run import check_before_run
 
             check_before_run(cfg)
-        from quadra_ad.run import build_task, objective  # deferred: pulls in torch and anomalib
+        from quadra_ad.run import build_task  # deferred: pulls in torch and anomalib
 
         keep_sigterm_from_lightning()
         freeze_imports()
         quiet_third_party(bool(cfg.core.get("verbose", False)))
-        task = build_task(cfg)
-        task.execute()
-    except QuadraADError as error:
-        _print_tracking(task)
-        _mark_run_folder_failed(error)
-        if job := _job_in_sweep():
-            return _record_failed_job(job, cfg, task, error, mistake=True)
-        _fail(error)
-    except KeyboardInterrupt:
-        _stopped(task)
-    except BaseException as error:
-        if sigterm_received():
-            _stopped(task)
-        if isinstance(error, OutputClosed) or (isinstance(error, BrokenPipeError) and output_reader_gone()):
-            raise  # nobody reads the sweep's output any more: its next jobs must not run either
-        if isinstance(error, Exception) and (job := _job_in_sweep()):
-            logging.getLogger(__name__).error("%s crashed", job, exc_info=True)  # the job's log keeps the trace
-            _mark_run_folder_failed(error, mistake=False)
-            return _record_failed_job(job, cfg, task, error, mistake=False)
-        raise
-    if _other_ddp_process():
-        return objective(task, cfg)  # process 0 reports the run
-    print(f"quadra-ad: run folder {task.output_dir}")
-    _print_tracking(task)
-    return objective(task, cfg)
+        self.task = build_task(cfg)
+        self.task.execute()
+
+    def say_how_it_ended(self, ending: Ending) -> bool:
+        """The job's last lines; True when it failed inside a sweep (recorded: the sweep goes on)."""
+        task = self.task
+        if ending.stopped:
+            _print_tracking(task)
+            if task is None:
+                _say_stopped_before_the_run(ending)
+                return False
+            how = "terminated (SIGTERM)" if ending.terminated else "interrupted"
+            print(f"quadra-ad: {how}: what the run wrote so far stays in its run folder; {task.tracking_outcome()}",
+                  file=sys.stderr)
+            return False
+        job = _job_in_sweep()
+        if ending.mistake:
+            _print_tracking(task)
+            _mark_run_folder_failed(ending.error)
+            if job:
+                _record_failed_job(job, self.cfg, task, ending.error, mistake=True)
+                return True
+            _say_mistake(ending.error)
+            return False
+        if job:  # a crash: the job's log keeps the trace, the sweep goes on
+            logging.getLogger(__name__).error("%s crashed", job, exc_info=ending.error)
+            _mark_run_folder_failed(ending.error, mistake=False)
+            _record_failed_job(job, self.cfg, task, ending.error, mistake=False)
+            return True
+        return False
 
 
-def _stopped(task) -> NoReturn:
-    """End a run stopped by SIGTERM (exit 143) or Ctrl-C (130) with one line that says what was kept."""
-    terminated = sigterm_received()
-    code = EXIT_TERMINATED if terminated else 130
-    if _other_ddp_process():
-        sys.exit(code)  # process 0 reports the run
-    wait_for_ddp_processes()
-    _print_tracking(task)
-    if task is None:
-        if not terminated:
-            _interrupted_at_start()
-        print(TERMINATED_AT_START, file=sys.stderr)
-        sys.exit(code)
-    how = "terminated (SIGTERM)" if terminated else "interrupted"
-    print(f"quadra-ad: {how}: what the run wrote so far stays in its run folder; {task.tracking_outcome()}",
-          file=sys.stderr)
-    sys.exit(code)
+def _run_job(cfg: DictConfig, command: _Command) -> float | None:
+    command.job_started = True
+    job = _Job(cfg)
+    with ending_the_run(say=job.say_how_it_ended, exits=True, traceback_for_mistakes=_full_error()) as ending:
+        job.run(command.checked_before_hydra)
+    if ending.went_on:
+        return math.nan
+    from quadra_ad.run import objective
 
-
-def _other_ddp_process() -> bool:
-    """True in the processes Lightning's ``ddp`` strategy started besides the first (it sets their rank)."""
-    return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK"))
+    if other_ddp_process():
+        return objective(job.task, cfg)  # process 0 reports the run
+    print(f"quadra-ad: run folder {job.task.output_dir}")
+    _print_tracking(job.task)
+    return objective(job.task, cfg)
 
 
 def _print_group(group: str) -> None:
     options = group_options(group)
     if not options:
         print(f"quadra-ad: error: no config group named '{group}'", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_MISTAKE)
     print("\n".join(options))
 
 
@@ -264,7 +296,7 @@ def _print_config(shown: str, package: str | None, resolve: bool, overrides: lis
     node = cfg if package in (None, "_global_") else OmegaConf.select(cfg, package)
     if node is None:
         print(f"quadra-ad: error: package '{package}' not found in config", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_MISTAKE)
     if not isinstance(node, Container):
         print(node)
         return
@@ -276,47 +308,11 @@ def _print_config(shown: str, package: str | None, resolve: bool, overrides: lis
 
 
 def _check_plain_run(args: list[str]) -> None:
-    global _CHECKED_BEFORE_HYDRA
     from quadra_ad.checks.before_run import check_before_run
 
     # Hydra's own settings (run folder, callbacks) do not change what the task gets.
     overrides = [arg for arg in args if not arg.lstrip("+~").startswith("hydra.")]
     check_before_run(compose_checked(overrides))
-    _CHECKED_BEFORE_HYDRA = True
-
-
-def _run_folder_setting(args: list[str]) -> tuple[str, str]:
-    """The key that places this command's run folder and its value as given (interpolations unresolved)."""
-    key = "hydra.sweep.dir" if any(arg in ("-m", "--multirun") for arg in args) else "hydra.run.dir"
-    for arg in args:
-        if arg.startswith(f"{key}="):
-            return key, arg.split("=", 1)[1]
-    from omegaconf import OmegaConf
-
-    defaults = OmegaConf.to_container(OmegaConf.load(config_dir() / "hydra" / "default.yaml"), resolve=False)
-    return key, str(defaults[key.split(".")[1]]["dir"])
-
-
-def _check_run_folder_can_be_made(args: list[str]) -> None:
-    """Hydra makes the run folder before anything of ours runs, and a folder it cannot make ends in
-    its traceback: refuse that here, in one line, before the run starts."""
-    from quadra_ad.errors import ConfigError
-
-    key, value = _run_folder_setting(args)
-    fixed = Path(value.split("${", 1)[0] or ".")  # the part that does not depend on the time or the config
-    if not value.split("${", 1)[0].endswith("/") and "${" in value:
-        fixed = fixed.parent
-    folder = fixed if fixed.is_absolute() else Path.cwd() / fixed
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    fix = f"or put the run folders elsewhere with {key}=<folder>"
-    if not existing.is_dir():
-        raise ConfigError(f"cannot make the run folder in '{folder}': '{existing}' is a file, not a folder; move it "
-                          f"away {fix}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot make the run folder in '{folder}': '{existing}' is not writable; give write "
-                          f"permission on it {fix}")
 
 
 def main() -> None:
@@ -328,12 +324,13 @@ def main() -> None:
     if _only_prints(args):
         # Hydra prints these itself, and would print a BrokenPipeError's traceback as well when the
         # reader has gone (``quadra-ad --cfg job | head``): end as ``cat`` would, of the SIGPIPE.
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        die_of_sigpipe()
     # A log line whose reader went away (``quadra-ad … | head``) would print logging's own traceback
     # on stderr, once per line, until the command's next print ends it quietly.
     logging.raiseExceptions = False
     install_sigterm_handler()
-    try:
+    command = _Command()
+    with ending_the_run(say=_say_before_the_run, exits=True, traceback_for_mistakes=_full_error()):
         args = sys.argv[1:] = expand_category_patterns(args)
         check_plugins(args)
         check_group_choices(args)
@@ -344,39 +341,24 @@ def main() -> None:
             _print_config(*request)
             return
         if not _only_prints(args):
-            _check_run_folder_can_be_made(args)
+            check_run_folder_can_be_made(args)
         if _is_plain_run(args):
             _check_plain_run(args)
+            command.checked_before_hydra = True
         elif _is_help(args):
             from quadra_ad.cli.help_text import help_text
 
             print(help_text([arg for arg in args if arg not in HELP_FLAGS]))
             return
-    except QuadraADError as error:
-        _fail(error)
-    except KeyboardInterrupt:
-        _interrupted_at_start()
-    except Terminated:
-        print(TERMINATED_AT_START, file=sys.stderr)
-        sys.exit(EXIT_TERMINATED)
-    try:
-        _hydra_entry()
-    except KeyboardInterrupt:
-        # Landed in Hydra's own composition, before the task function (which handles its own).
-        if not _TASK_FUNCTION_STARTED:
-            _interrupted_at_start()
-        raise
+
+    def say_in_hydra(ending: Ending) -> None:
+        # Landed in Hydra's own composition, before the task function (which says its own).
+        if ending.stopped and not command.job_started:
+            _say_stopped_before_the_run(ending)
+
+    with ending_the_run(say=say_in_hydra, exits=True):
+        _hydra_entry(command)()
     _exit_for_failed_jobs()
-
-
-def _interrupted_at_start() -> None:
-    """Exit 130 at once: nothing is written yet, and a Ctrl-C that landed inside the import of a
-    large library can leave it half-initialised, so that the interpreter's own shutdown was seen
-    to end the process with the signal (-2) instead of the exit code."""
-    print(INTERRUPTED_AT_START, file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(130)
 
 
 def _exit_for_failed_jobs() -> None:
@@ -394,7 +376,7 @@ def _exit_for_failed_jobs() -> None:
     for job in failed:
         print(f"quadra-ad: failed: {job.label}: {job.error or 'no output (the job did not start or was killed)'}",
               file=sys.stderr)
-    sys.exit(2 if all(job.mistake for job in failed) else 1)
+    sys.exit(EXIT_MISTAKE if all(job.mistake for job in failed) else EXIT_CRASH)
 
 
 def _print_sweep(outcome) -> None:

@@ -1,14 +1,15 @@
 """``quadra-ad-upload RUN_FOLDER``: log a finished run to MLflow after the fact.
 
-For runs whose tracking failed (server down, no network): the run folder keeps everything in
-``mlflow_run.json`` and the files it names.
+For runs whose tracking failed (server down, no network): the run folder keeps everything in its
+run record, ``mlflow_run.json``, and the files it names.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from quadra_ad.tracking.run_logger import REQUEST_FILE, DamagedRecord, RefusedRecord, TrackingFailed, upload_request
+from quadra_ad.tracking.run_logger import TrackingFailed, upload_record
+from quadra_ad.tracking.run_record import RECORD_FILE, DamagedRecord, RefusedRecord, RunRecord
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,23 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment-name", help="log under this experiment instead")
     parser.add_argument("--force", action="store_true", help="log again even if this run was logged already")
     args = parser.parse_args(argv)
-    request = args.run_folder / REQUEST_FILE
-    if not request.is_file():
-        print(f"quadra-ad-upload: error: no {REQUEST_FILE} in '{args.run_folder}': is it a quadra-ad run folder "
+    record_path = args.run_folder / RECORD_FILE
+    if not record_path.is_file():
+        print(f"quadra-ad-upload: error: no {RECORD_FILE} in '{args.run_folder}': is it a quadra-ad run folder "
               f"with MLflow logging configured?", file=sys.stderr)
         return 2
-    import json
-
     try:
-        logged = json.loads(request.read_text(encoding="utf-8")).get("logged_run_id")
-    except (OSError, ValueError, AttributeError):
-        logged = None  # upload_request says what is wrong with it
-    if logged and not args.force:
-        print(f"quadra-ad-upload: error: '{args.run_folder}' is already logged as MLflow run {logged}; "
-              f"add --force to log it again", file=sys.stderr)
-        return 2
-    try:
-        tracked = upload_request(request, args.tracking_uri, args.experiment_name)
+        record = RunRecord.from_file(record_path, tracking_uri=args.tracking_uri, experiment_name=args.experiment_name)
     except RefusedRecord as refused:  # nothing was logged: the record names what it may not
         print(f"quadra-ad-upload: error: {refused}", file=sys.stderr)
         return 2
@@ -43,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quadra-ad-upload: error: {damaged}: the run cannot be uploaded from it (it was cut short, e.g. "
               f"by a full disk); its other files are in '{args.run_folder}'", file=sys.stderr)
         return 2
+    if record.logged_run_id and not args.force:
+        print(f"quadra-ad-upload: error: '{args.run_folder}' is already logged as MLflow run {record.logged_run_id}; "
+              f"add --force to log it again", file=sys.stderr)
+        return 2
+    try:
+        tracked = upload_record(record, record_path)
     except TrackingFailed as failure:
         print(f"quadra-ad-upload: {failure}", file=sys.stderr)
         return 1

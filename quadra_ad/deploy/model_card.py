@@ -2,7 +2,8 @@
 
 Input size and normalisation stats say how to prepare images; the :class:`Calibration`
 (thresholds and score ranges, all raw, from the validation set) says how to read the outputs.
-The export step fills one in and writes it; every way of running an exported model reads it.
+The export step fills one in and writes it (:mod:`quadra_ad.export.model_card`); every way of
+running an exported model reads it.
 Its keys are flat (``image_threshold``, ``pixel_min`` … at the top level), as they always were.
 
 What the hashes guarantee. ``card_sha256`` is the SHA-256 of the card's own content (every

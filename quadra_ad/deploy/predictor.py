@@ -19,7 +19,6 @@ torch. Labels follow the card's rule, ``score >= threshold`` (float32 scores, as
 run's predictions.csv).
 """
 
-import math
 import numbers
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -37,7 +36,7 @@ from quadra_ad.deploy.model_uri import fetch_deployment_folder, is_model_uri
 from quadra_ad.deploy.preprocess import Preprocessor
 from quadra_ad.deploy.runners import ExportedModel, first_line
 from quadra_ad.errors import ConfigError, DatasetError
-from quadra_ad.evaluation.thresholds import Calibration
+from quadra_ad.evaluation.thresholds import Calibration, choose_threshold
 
 
 @dataclass
@@ -76,7 +75,8 @@ class Predictor:
     Args:
         model: a loaded graph (see :meth:`load`).
         threshold: ``"training"`` (the image threshold in model.json), ``"training_pixel"`` (the
-            pixel one, as Quadra's ``training_threshold_type=pixel``) or a raw score.
+            pixel one, as Quadra's ``training_threshold_type=pixel``) or a raw score; which one, and
+            the words for it, :func:`quadra_ad.evaluation.thresholds.choose_threshold` decides.
     """
 
     def __init__(self, model: ExportedModel, threshold: str | float = "training") -> None:
@@ -190,37 +190,6 @@ class Predictor:
                 source=source,
                 image=rgb,
             )
-
-
-def choose_threshold(calibration: Calibration, threshold: str | float) -> tuple[float, str]:
-    """The raw threshold that decides labels, and where it comes from: ``"training"``,
-    ``"training_pixel"``, or a finite number (or its text: the CLI's ``--threshold=12.5``)."""
-    if isinstance(threshold, str) and threshold in ("training", "training_pixel"):
-        kind = "image" if threshold == "training" else "pixel"
-        key = f"{kind}_threshold"
-        value = getattr(calibration, key)
-        if value is None:
-            raise ConfigError("threshold 'training_pixel': the training had no masks, so model.json has no pixel "
-                              "threshold; use 'training' or a number")
-        if not _finite_number(value):
-            raise ConfigError(f"threshold '{threshold}': model.json's {key} is {value!r}, not a finite number; "
-                              f"export the model again, or give a number")
-        return float(value), f"training {kind} threshold (model.json)"
-    value = None
-    if not isinstance(threshold, bool | bytes | bytearray):  # float(True) and float(b"1") would pass
-        try:
-            value = float(threshold)
-        except (TypeError, ValueError, OverflowError):
-            value = None
-    if value is None:
-        raise ConfigError(f"threshold {threshold!r}: give 'training', 'training_pixel' or a raw score (a number)")
-    if not math.isfinite(value):
-        raise ConfigError(f"threshold {threshold!r}: give a finite number")
-    return value, "given"
-
-
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 #: What one image may be, in the one-line errors.

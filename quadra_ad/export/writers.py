@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 
-from quadra_ad.deploy.model_card import ONNX_WEIGHTS, VALID_AREA_MASK
+from quadra_ad.deploy.model_card import ONNX_WEIGHTS
 from quadra_ad.deploy.runners import OnnxModel, OpenVinoModel, TorchScriptModel
 from quadra_ad.errors import ConfigError, ExportError, first_line
-from quadra_ad.export.background import BackgroundExport, ExportStalled
 from quadra_ad.export.graph import INPUT_NAME, OUTPUT_NAMES, AnomalyGraph
 from quadra_ad.files import atomic_path, disk_is_full
 
@@ -192,37 +191,15 @@ def _write(graph: AnomalyGraph, export_type: str, example: torch.Tensor, folder:
     return export_torchscript(graph, example, folder)
 
 
-def start_onnx_export(graph: AnomalyGraph, input_size: list[int], folder: Path, onnx_opset: int | None) -> BackgroundExport:
-    """The dynamic-batch ONNX export of ``graph`` as it is now, written by a forked child
-    (:mod:`quadra_ad.export.background`); :func:`export_graph` collects and checks it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return BackgroundExport(lambda: _write(graph, "onnx", torch.zeros(2, 3, *input_size), folder, onnx_opset, dynamic=True))
-
-
-def _collect(started: dict[str, BackgroundExport] | None, export_type: str) -> Path | None:
-    """The file a background writer wrote for ``export_type``; None when there is none or it got stuck."""
-    pending = (started or {}).get(export_type)
-    if pending is None:
-        return None
-    try:
-        return pending.result()
-    except ExportStalled as stall:
-        log.warning("%s; exporting %s in this process instead", stall, export_type)
-        return None
-
-
 def export_graph(
     graph: AnomalyGraph, input_size: list[int], folder: Path, types: list[str], onnx_opset: int | None,
-    started: dict[str, BackgroundExport] | None = None,
 ) -> dict[str, tuple[Path, int | None]]:
     """Write every requested type into ``folder``; return ``{type: (path, fixed batch size or None)}``.
 
     Each file is checked against the eager graph on batches of 3 and 1 (not the batch it was
     traced with): some models bake the batch size into their code (``view(len(x), -1)``), which makes a
     traced graph fail or, worse, silently drop images. Those are re-exported at batch size 1 and
-    ``model.json`` records it, so inference feeds them one image at a time. A type in ``started``
-    (:func:`start_onnx_export`) is collected from its background writer instead of written here,
-    and checked the same way.
+    ``model.json`` records it, so inference feeds them one image at a time.
     """
     check_export_config(types, onnx_opset)
     folder.mkdir(parents=True, exist_ok=True)
@@ -234,9 +211,7 @@ def export_graph(
         log.info("Exporting %s to %s", export_type, folder)
         try:
             # Batch 2 so the tracer and exporter do not specialise the batch dimension to 1.
-            path = _collect(started, export_type)
-            if path is None:
-                path = _write(graph, export_type, torch.zeros(2, 3, *input_size), folder, onnx_opset, dynamic=True)
+            path = _write(graph, export_type, torch.zeros(2, 3, *input_size), folder, onnx_opset, dynamic=True)
             if _reproduces(graph, export_type, path, [check, check[:1]]):
                 written[export_type] = (path, None)
                 continue
@@ -253,17 +228,3 @@ def export_graph(
                               f"remove '{export_type}' from export.types to skip it") from error
     return written
 
-
-def write_valid_area_mask(preparation, folder: Path) -> Path | None:
-    """The training's region-of-interest mask as ``valid_area_mask.png`` (0/255) beside the graphs,
-    so inference applies the same one; None when the training had none."""
-    if preparation.valid_area is None:
-        return None
-    import cv2
-    import numpy as np
-
-    path = Path(folder) / VALID_AREA_MASK
-    with atomic_path(path) as temporary:
-        if not cv2.imwrite(str(temporary), preparation.valid_area.numpy().astype(np.uint8) * 255):
-            raise OSError(f"cannot write the valid area mask to '{path}'")
-    return path

@@ -11,12 +11,21 @@ never uses. Such a model always trains the epochs it declares, whatever ``traine
 When neither the config nor the model gives ``max_epochs`` (a trainable model picked with
 ``model=<name>`` on an experiment of another model), one epoch is trained and a warning names
 the key: Lightning's own default would be 1000 epochs.
+
+:func:`record_trainer_arguments` writes the merged arguments back into the run's config (so
+``config_resolved.yaml`` and MLflow say what ran) and :func:`build_trainer` makes the Trainer from
+them, refusing a DDP run whose other processes could not start.
 """
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from quadra_ad.config.instantiation import instantiate_node
+from quadra_ad.config.recorded_values import record_value
+from quadra_ad.runtime.ddp_processes import check_processes_can_start
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +67,26 @@ def merge_trainer_arguments(trainer_cfg: DictConfig, model: Any) -> DictConfig:
                     "set trainer.max_epochs (its experiment base/anomaly/<model> has the recipe's)", type(model).__name__)
         merged["max_epochs"] = DEFAULT_MAX_EPOCHS
     return OmegaConf.create(merged)
+
+
+def record_trainer_arguments(cfg: DictConfig, model: Any) -> None:
+    """``cfg.trainer`` replaced by what the Trainer really gets: the config's keys, the model's filling the rest."""
+    record_value(cfg, "trainer", merge_trainer_arguments(cfg.trainer, model))
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, output_dir: Path, enable_checkpointing: bool) -> Any:
+    """The Trainer ``cfg.trainer`` describes, with ``callbacks``, logging its history as CSV in
+    ``output_dir`` (``lightning_logs/``); refused (ConfigError) when it is a DDP run whose other
+    processes cannot start from this command line."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    trainer = instantiate_node(
+        cfg,
+        "trainer",
+        callbacks=callbacks,
+        logger=CSVLogger(save_dir=str(output_dir), name="lightning_logs"),
+        default_root_dir=str(output_dir),
+        enable_checkpointing=enable_checkpointing,
+    )
+    check_processes_can_start(trainer, cfg.trainer.get("strategy"))
+    return trainer

@@ -1,8 +1,9 @@
 """AnomalyInferenceTask: run an exported model on new images, pick a threshold, report.
 
 The threshold is either recomputed (F1-optimal on the labelled images given) or reused from
-``model.json``. Scores are always normalised with the training statistics, so 0.5 means the
-training threshold whichever threshold decides the labels.
+``model.json``, as :func:`quadra_ad.evaluation.thresholds.inference_calibration` decides. Scores
+are always normalised with the training statistics, so 0.5 means the training threshold whichever
+threshold decides the labels.
 """
 
 import logging
@@ -18,14 +19,12 @@ from quadra_ad.deploy.predictor import Predictor
 from quadra_ad.errors import ConfigError
 from quadra_ad.evaluation.metrics import scored_set_metrics
 from quadra_ad.evaluation.scored_set import ScoredSet, concat_scored_sets
-from quadra_ad.evaluation.thresholds import Calibration, calibrate
+from quadra_ad.evaluation.thresholds import Calibration, inference_calibration, training_threshold_mistake
 from quadra_ad.reports.heatmaps import HEATMAPS_DIR, RAW_OUTPUTS_DIR, HeatmapSettings, write_heatmaps
 from quadra_ad.reports.report import write_report
 from quadra_ad.tasks.base import RESOLVED_CONFIG, Task
 
 log = logging.getLogger(__name__)
-
-THRESHOLD_TYPES = ("image", "pixel")
 
 
 class AnomalyInferenceTask(Task):
@@ -56,8 +55,8 @@ class AnomalyInferenceTask(Task):
     ) -> None:
         super().__init__(config, output_dir)
         self.custom_normalized_threshold = custom_normalized_threshold
-        if training_threshold_type not in THRESHOLD_TYPES:
-            raise ConfigError(f"task.training_threshold_type must be 'image' or 'pixel', got '{training_threshold_type}'")
+        if mistake := training_threshold_mistake(None, use_training_threshold, training_threshold_type):
+            raise ConfigError(mistake)
         self.model_path = model_path
         self.use_training_threshold = use_training_threshold
         self.training_threshold_type = training_threshold_type
@@ -84,11 +83,8 @@ class AnomalyInferenceTask(Task):
                 f"the model takes {card.input_channels}-channel images (model.json input_channels) but quadra_ad "
                 f"reads every image as 3-channel RGB; export the model with 3-channel input"
             )
-        if self.use_training_threshold and self.training_threshold_type == "pixel" and card.calibration.pixel_threshold is None:
-            raise ConfigError(
-                "task.use_training_threshold=true with task.training_threshold_type=pixel, but the training run had "
-                "no masks so model.json has no pixel threshold: use task.training_threshold_type=image"
-            )
+        if mistake := training_threshold_mistake(card.calibration, self.use_training_threshold, self.training_threshold_type):
+            raise ConfigError(mistake)
         self.datamodule = instantiate_node(self.config, "datamodule", **self._transforms_from_card())
         self.datamodule.setup()
 
@@ -121,35 +117,14 @@ class AnomalyInferenceTask(Task):
                 scores, maps = self.predictor.run(batch.image.numpy())
                 target.add_batch(batch.image_path, batch.gt_label, torch.from_numpy(scores),
                                  None if maps is None else torch.from_numpy(maps), batch.gt_mask)
-        self.calibration = self._calibration()
+        self.calibration, self.threshold_source = inference_calibration(
+            self.model.card.calibration, self.labelled, self.use_training_threshold, self.training_threshold_type,
+            self.custom_normalized_threshold)
         self.metrics = scored_set_metrics(self.labelled, self.calibration)
         if self.metrics:
             self.metrics["image_threshold_normalized"] = float(self.model.card.calibration.normalize(self.calibration.image_threshold))
         log.info("Threshold: %.6g (%s); %d labelled, %d unknown images", self.calibration.image_threshold,
                  self.threshold_source, len(self.labelled), len(self.unknown))
-
-    def _calibration(self) -> Calibration:
-        """The training calibration with the thresholds this run decides by."""
-        training = self.model.card.calibration
-        if self.custom_normalized_threshold is not None:
-            # Quadra's custom_normalized_threshold: a normalised score under the training normalisation.
-            value = float(self.custom_normalized_threshold)
-            width = training.image_max - training.image_min if training.image_max > training.image_min else 1.0
-            self.threshold_source = f"custom normalised threshold {value:g} (training normalisation)"
-            return training.with_thresholds((value - 0.5) * width + training.image_threshold, training.pixel_threshold)
-        if self.use_training_threshold:
-            self.threshold_source = f"training {self.training_threshold_type} threshold"
-            image = training.pixel_threshold if self.training_threshold_type == "pixel" else training.image_threshold
-            return training.with_thresholds(image, training.pixel_threshold)
-        labels = {self.labelled.labels[i] for i in self.labelled.labelled}
-        if labels != {0, 1}:
-            self.threshold_source = "training image threshold (no good and anomalous images to recompute it on)"
-            log.warning("Cannot recompute the threshold without both good and anomalous images: using the training one.")
-            return training
-        recomputed = calibrate(self.labelled)
-        self.threshold_source = "recomputed: F1-optimal on this data"
-        pixel = recomputed.pixel_threshold if recomputed.pixel_threshold is not None else training.pixel_threshold
-        return training.with_thresholds(recomputed.image_threshold, pixel)
 
     def report(self) -> None:
         scored = concat_scored_sets(self.labelled, self.unknown)

@@ -1,9 +1,10 @@
 """The task lifecycle shared by training and inference.
 
-A task is ``prepare → train → test → export → report → finalize``; the CLI only builds the task
+A task is ``prepare → train → test → report → export → finalize``; the CLI only builds the task
 named in the config and calls :meth:`Task.execute`. Steps a task does not need stay no-ops.
 Once ``prepare`` has succeeded, every run reaches the tracker: FINISHED after ``finalize``,
-FAILED when a step raises, KILLED on Ctrl-C — never left RUNNING.
+FAILED when a step raises, KILLED on Ctrl-C or SIGTERM — never left RUNNING. Which status an
+ending gets is :func:`quadra_ad.runtime.run_ending.ending_the_run`'s to decide.
 """
 
 import json
@@ -16,17 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from quadra_ad.errors import DiskFullError, first_line
 from quadra_ad.evaluation.metrics import Metrics
 from quadra_ad.files import disk_is_full, write_text
-from quadra_ad.runtime.interrupts import (
-    OutputClosed,
-    Terminated,
-    ended_by_closed_output,
-    release_logging_lock_left_by_interrupt,
-    signals_deferred,
-    sigterm_pending,
-    sigterm_received,
-    stopped_by_sigterm,
-)
 from quadra_ad.runtime.resources import peak_memory_mb, reset_peak_memory
+from quadra_ad.runtime.run_ending import Ending, ending_the_run
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +48,7 @@ class Task:
         #: The MLflow run opened at the start (None: logged once, at the end).
         self.live_run = None
         #: What ``mlflow_run.json`` held when the run started (None without an MLflow logger).
-        self._running_record: dict | None = None
+        self._running_record = None  # a tracking.run_record.RunRecord once written
         #: True once ``prepare`` has succeeded: from then on the run reaches the tracker.
         self.prepared = False
 
@@ -142,54 +134,15 @@ class Task:
 
     def execute(self) -> None:
         """Run every step in order; an interrupted or failed run is still tracked."""
-        try:
+        with ending_the_run(record=self._track_unfinished, explain=self._explain):
             self._timed(self.prepare)
-        except Exception as error:
-            if disk_is_full(error, self.output_dir):
-                raise self._disk_full(error) from error
-            raise
-        self.prepared = True
-        self._save_running_record()
-        self._open_live_run()
-        try:
-            # The report before the export: it needs only the test's results, and runs while a
-            # forked ONNX export (started by the test) is still writing.
+            self.prepared = True
+            self._save_running_record()
+            self._open_live_run()
             for step in (self.train, self.test, self.report, self.export):
                 log.debug("Task step: %s", step.__name__)
                 self._timed(step)
-        except (KeyboardInterrupt, Terminated) as interrupt:
-            self._track_unfinished("KILLED", interrupt)
-            raise
-        except SystemExit as interrupt:
-            if ended_by_closed_output(interrupt):
-                closed = OutputClosed("the command's output was closed (its reader went away)")
-                self._track_unfinished("KILLED", closed)
-                raise closed from interrupt
-            if sigterm_received():
-                # Lightning's own SIGTERM flag ends its loops with a SystemExit of its own.
-                self._track_unfinished("KILLED", Terminated("terminated by SIGTERM"))
-                raise Terminated("terminated by SIGTERM") from interrupt
-            # Lightning catches Ctrl-C inside fit/test, shuts down and calls sys.exit(1).
-            self._track_unfinished("KILLED", KeyboardInterrupt("interrupted (Ctrl-C)"))
-            raise KeyboardInterrupt from interrupt
-        except Exception as error:
-            if stopped_by_sigterm(error):
-                # A DataLoader worker killed by the same SIGTERM: the run was stopped, not broken.
-                self._track_unfinished("KILLED", Terminated("terminated by SIGTERM"))
-                raise Terminated("terminated by SIGTERM") from error
-            if disk_is_full(error, self.output_dir):
-                error = self._disk_full(error)
-            self._track_unfinished("FAILED", error)
-            if isinstance(error, DiskFullError):
-                raise error
-            raise
-        finally:
-            self.stop_background_work()
         self.finalize()
-
-    def stop_background_work(self) -> None:
-        """Stop what a step left running beside the task (a forked export) once the steps are over,
-        finished or not; nothing by default."""
 
     def _save_running_record(self) -> None:
         """The run record, as RUNNING, before any result: a run killed without a word can still be uploaded."""
@@ -217,7 +170,7 @@ class Task:
                         "logged when it ends", first_line(error, typed=True))
             return
         self.live_run = live_run
-        write_running_record({**record, "live_run_id": live_run.run_id}, self.output_dir)
+        write_running_record(record.replace(live_run_id=live_run.run_id), self.output_dir)
         interval = mlflow_cfg.get("system_metrics_interval_s")
         if interval:
             live_run.start_system_metrics(float(interval))
@@ -248,15 +201,10 @@ class Task:
             write_text(self.output_dir / TIMINGS_FILE,
                        json.dumps({**self.timings, "peak_rss_mb": self.peak_rss_mb}, indent=2) + "\n")
 
-    def _track_unfinished(self, status: str, error: BaseException) -> None:
-        """Log a run that did not finish. Ctrl-C and SIGTERM wait until it is logged, and a SIGTERM
-        already on its way makes it KILLED: the error being handled may be its first symptom (a
-        DataLoader worker it killed)."""
-        release_logging_lock_left_by_interrupt()
-        with signals_deferred():
-            if sigterm_received() or sigterm_pending():
-                status, error = "KILLED", Terminated("terminated by SIGTERM")
-            try:
-                self.track(status, error)
-            except Exception:
-                log.warning("could not log the %s run", status, exc_info=True)
+    def _track_unfinished(self, ending: Ending) -> None:
+        """Log a run that did not finish (from ``prepare`` on: before, no run was started)."""
+        if self.prepared:
+            self.track(ending.status, ending.error)
+
+    def _explain(self, error: Exception) -> Exception:
+        return self._disk_full(error) if disk_is_full(error, self.output_dir) else error

@@ -8,6 +8,10 @@ Live logging is a courtesy, never a condition: the first failure (server gone, s
 switches it off with one warning and training goes on. The run folder's ``mlflow_run.json``
 names the live run, and the final logging (at the end, or ``quadra-ad-upload`` later) completes
 that same run instead of creating a second one.
+
+Why not Lightning's ``MLFlowLogger``: it ends the run itself when training ends, logs every value by
+global step, and a store that stops answering raises into the training; this run is ended by the
+final logging, and a failure only switches live logging off.
 """
 
 import logging
@@ -21,15 +25,14 @@ from quadra_ad.tracking.mlflow_writer import (
     check_sqlite_store_writable,
     create_embedded_store,
     experiment_id_for,
-    one_writer_at_a_time,
 )
+from quadra_ad.tracking.run_record import RunRecord
 
 log = logging.getLogger(__name__)
 
 #: A live request to a server that stopped answering must not hold training for minutes
 #: (MLflow's client retries with back-off by default). Values the user set win.
 LIVE_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-_BATCH = 100
 
 
 class LiveRun:
@@ -44,8 +47,8 @@ class LiveRun:
         self._monitor = None
 
     @classmethod
-    def open(cls, record: Mapping, params_held_back: tuple[str, ...] = ()) -> "LiveRun":
-        """Create the run described by a run record (``mlflow_run.json``) and log its params.
+    def open(cls, record: RunRecord, params_held_back: tuple[str, ...] = ()) -> "LiveRun":
+        """Create the run described by a run record and log its params.
 
         ``params_held_back``: params whose value is only known once training started (the batch
         size a finder picks); they are logged later with :meth:`log_params`. Raises on failure:
@@ -54,7 +57,7 @@ class LiveRun:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        uri = record["tracking_uri"]
+        uri = record.tracking_uri
         if uri.startswith(("http://", "https://")):
             for name, value in LIVE_HTTP_SETTINGS.items():
                 os.environ.setdefault(name, value)
@@ -62,12 +65,10 @@ class LiveRun:
         check_sqlite_store_writable(uri)
         create_embedded_store(uri)
         client = MlflowClient(tracking_uri=uri)
-        with one_writer_at_a_time(uri):
-            experiment_id = experiment_id_for(client, uri, record["experiment_name"], record.get("artifact_location"))
-            run = client.create_run(experiment_id, run_name=record.get("run_name"), tags=dict(record.get("tags") or {}))
-            params = [Param(k, v) for k, v in record.get("params", {}).items() if k not in params_held_back]
-            for start in range(0, len(params), _BATCH):
-                client.log_batch(run.info.run_id, params=params[start : start + _BATCH])
+        experiment_id = experiment_id_for(client, uri, record.experiment_name, record.artifact_location)
+        run = client.create_run(experiment_id, run_name=record.run_name, tags=dict(record.tags))
+        params = [Param(k, v) for k, v in record.params.items() if k not in params_held_back]
+        client.log_batch(run.info.run_id, params=params)  # in as many requests as MLflow's limits ask
         return cls(uri, run.info.run_id, experiment_id)
 
     # -- while training ----------------------------------------------------------------------
@@ -93,8 +94,7 @@ class LiveRun:
         from mlflow.tracking import MlflowClient
 
         try:
-            with one_writer_at_a_time(self.tracking_uri):
-                request(MlflowClient(tracking_uri=self.tracking_uri))
+            request(MlflowClient(tracking_uri=self.tracking_uri))
         except Exception as error:  # noqa: BLE001 - live logging never stops a training
             self.broken = first_line(error, typed=True, limit=300)
             self.stop_system_metrics()

@@ -4,7 +4,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-#: MLflow rejects longer param values; we cut and mark them instead.
+#: MLflow's limits. It refuses a longer key (the run's whole batch with it), and cuts a longer value
+#: itself with one warning per value in the run's output and no mark in the value; we cut keys, and
+#: cut and mark values, quietly.
 MAX_PARAM_LENGTH = 6000
 MAX_KEY_LENGTH = 250
 

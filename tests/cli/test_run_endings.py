@@ -12,7 +12,7 @@ import pytest
 from quadra_ad.errors import ConfigError, exception_chain
 from quadra_ad.files import disk_is_full
 from quadra_ad.run import build_task, run
-from quadra_ad.runtime.interrupts import stopped_by_sigterm
+from quadra_ad.runtime.signals import stopped_by_sigterm
 from tests.cli_runner import QUADRA_AD, quadra_ad, quadra_ad_env, wait_until_training_runs
 from tests.conftest import fast_overrides, training_config
 

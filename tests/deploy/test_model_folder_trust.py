@@ -22,9 +22,8 @@ from quadra_ad.deploy.model_card import (
     file_sha256,
     write_card_json,
 )
-from quadra_ad.deploy.predictor import choose_threshold
 from quadra_ad.errors import ConfigError
-from quadra_ad.evaluation.thresholds import Calibration
+from quadra_ad.evaluation.thresholds import Calibration, choose_threshold
 from tests.cli_runner import quadra_ad
 from tests.conftest import IMAGE_SIZE, training_config
 
@@ -353,3 +352,23 @@ def test_the_inference_command_refuses_a_tampered_folder_in_one_line(folder, seg
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "image_threshold must be a finite number" in lines[0] and str(folder / MODEL_JSON) in lines[0]
+
+
+def test_the_export_writes_a_card_from_plain_values_that_names_and_hashes_its_files(tmp_path):
+    from quadra_ad.deploy.model_card import MODEL_JSON, VALID_AREA_MASK, file_sha256
+    from quadra_ad.export.model_card import write_model_card
+
+    (tmp_path / "model.onnx").write_bytes(b"a graph")
+    valid_area = np.zeros((8, 8), dtype=bool)
+    valid_area[2:6, 2:6] = True
+    path = write_model_card(
+        tmp_path, model_type=ModelCard, input_size=[8, 8], mean=[0.5] * 3, std=[0.2] * 3,
+        calibration=Calibration(1.0, 0.0, 2.0), task_type="classification", valid_area=valid_area, crop_area=None,
+        exported={"onnx": (tmp_path / "model.onnx", 1)}, has_anomaly_map=False, training={"seed": 3},
+    )
+    assert path == tmp_path / MODEL_JSON
+    card = ModelCard.read(path)
+    assert card.model_class == "quadra_ad.deploy.model_card.ModelCard"
+    assert (card.files, card.fixed_batch_size, card.valid_area_mask) == ({"onnx": "model.onnx"}, {"onnx": 1}, VALID_AREA_MASK)
+    assert card.sha256 == {"onnx": file_sha256(tmp_path / "model.onnx"), "valid_area_mask": file_sha256(tmp_path / VALID_AREA_MASK)}
+    assert "quadra_ad" in card.versions and card.training == {"seed": 3}

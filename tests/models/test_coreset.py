@@ -1,5 +1,6 @@
 """The flat-memory greedy k-center sampler and the PatchCore model that uses it."""
 
+import itertools
 import os
 
 import numpy as np
@@ -39,7 +40,7 @@ def _assert_greedy(features: torch.Tensor, indices: list[int]) -> None:
     """Each index after the first is a farthest point from those before it (float64 reference)."""
     points = features.double()
     min_distances = torch.full((len(points),), float("inf"), dtype=torch.float64)
-    for previous, chosen in zip(indices, indices[1:], strict=True):
+    for previous, chosen in itertools.pairwise(indices):
         min_distances = torch.minimum(min_distances, (points - points[previous]).norm(dim=1))
         # float32 distances may break a near-tie the other way: compare distances, not indices.
         assert min_distances[chosen] >= min_distances.max() - 1e-4, (chosen, int(min_distances.argmax()))

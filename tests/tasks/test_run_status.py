@@ -191,7 +191,7 @@ def test_a_run_killed_without_a_word_leaves_a_record_that_uploads_as_failed(segm
 
 
 def test_signals_wait_while_an_unfinished_run_is_logged():
-    from quadra_ad.runtime.interrupts import signals_deferred
+    from quadra_ad.runtime.signals import signals_deferred
 
     # Ctrl-C arriving while the block runs takes effect when it ends, not halfway through it.
     steps = []
@@ -205,23 +205,23 @@ def test_signals_wait_while_an_unfinished_run_is_logged():
 def test_a_dataloader_worker_killed_by_sigterm_counts_as_the_sigterm(monkeypatch):
     import sys
 
-    from quadra_ad.runtime import interrupts
+    from quadra_ad.runtime import signals as runtime_signals
 
     # torch's SIGCHLD check can raise this inside Lightning's SIGTERM handler, before ours runs:
     # the run was stopped, not broken. The bookkeeping it triggers is undone after the test.
-    monkeypatch.setattr(interrupts, "_received", False)
+    monkeypatch.setattr(runtime_signals, "_received", False)
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
     previous_sigchld = signal.getsignal(signal.SIGCHLD)
     try:
-        assert not interrupts.stopped_by_sigterm(RuntimeError("DataLoader worker (pid 12) exited unexpectedly"))
-        assert not interrupts.sigterm_received()
+        assert not runtime_signals.stopped_by_sigterm(RuntimeError("DataLoader worker (pid 12) exited unexpectedly"))
+        assert not runtime_signals.sigterm_received()
         try:
             raise RuntimeError("DataLoader worker (pid 3365) is killed by signal: Terminated. ")
         except RuntimeError as worker_error:
             during_logging = OSError("logging failed")
             during_logging.__context__ = worker_error
-        assert interrupts.stopped_by_sigterm(during_logging)
-        assert interrupts.sigterm_received()
+        assert runtime_signals.stopped_by_sigterm(during_logging)
+        assert runtime_signals.sigterm_received()
     finally:
         signal.signal(signal.SIGCHLD, previous_sigchld)
 
@@ -230,7 +230,7 @@ def test_a_logging_lock_left_by_an_interrupt_is_released_and_other_threads_log_a
     import logging
     import threading
 
-    from quadra_ad.runtime.interrupts import release_logging_lock_left_by_interrupt
+    from quadra_ad.runtime.signals import release_logging_lock_left_by_interrupt
 
     logging._acquireLock()  # what a Ctrl-C between logging's lock and its ``try`` leaves behind
     logged = threading.Event()

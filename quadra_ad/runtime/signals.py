@@ -1,13 +1,14 @@
-"""SIGTERM — what systemd, Docker, ``kill`` and SLURM pre-emption send — handled like Ctrl-C.
+"""The signals that stop a run: SIGTERM handled like Ctrl-C, and both held back while a stopped run is logged.
 
-Without a handler, Python dies at once (a training run left RUNNING in MLflow), and inside a
-Lightning fit the signal only sets a flag that is read between batches (a test or an export
-went on for minutes). With :func:`install_sigterm_handler`, the first SIGTERM raises
-:class:`Terminated` in the main thread wherever it is; the task ends its run KILLED and the CLI
-exits 143 with one line. DataLoader workers that die of the same signal make the main process
-raise other errors on the way out: :func:`sigterm_received` tells the task they are part of
-the same stop, and the clean-up noise of their iterators' destructors is not printed.
-Forked workers inherit the handler; in them it restores the default action, so they just die.
+SIGTERM is what systemd, Docker, ``kill`` and SLURM pre-emption send. Without a handler, Python
+dies at once (a training run left RUNNING in MLflow), and inside a Lightning fit the signal only
+sets a flag that is read between batches (a test or an export went on for minutes). With
+:func:`install_sigterm_handler`, the first SIGTERM raises :class:`Terminated` in the main thread
+wherever it is; :mod:`quadra_ad.runtime.run_ending` turns that into a KILLED run and exit 143.
+DataLoader workers that die of the same signal make the main process raise other errors on the
+way out: :func:`stopped_by_sigterm` tells they are part of the same stop, and the clean-up noise
+of their iterators' destructors is not printed. Forked workers inherit the handler; in them it
+restores the default action, so they just die.
 
 A DDP run is stopped whole: the launching process passes the signal on to the processes
 Lightning started from it (:func:`ddp_processes_started_here`), waits for them
@@ -22,13 +23,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
 
 from quadra_ad.errors import exception_chain
 
 log = logging.getLogger(__name__)
 
 _received = False
+#: True while a SIGTERM whose Terminated a destructor swallowed is being sent again.
+_swallowed = False
 _installer_pid: int | None = None
 #: True while :func:`signals_deferred` holds signals back, and the signals it has held so far.
 _deferring = False
@@ -95,7 +97,21 @@ def signals_deferred() -> Iterator[None]:
 
 
 def _quiet_unraisable(unraisable) -> None:
-    """Destructors failing while the process stops (DataLoader iterators of killed workers)."""
+    """Destructors failing while the process stops (DataLoader iterators of killed workers).
+
+    Python runs a signal handler between any two bytecodes, also inside a destructor (a garbage
+    collection in the middle of a training step), and drops whatever a destructor raises. A
+    :class:`Terminated` dropped there would leave the run training, its SIGTERM spent (seen under
+    load, one SIGTERM to the process group in a few): it is sent again, to be raised outside.
+    """
+    global _swallowed
+    if isinstance(unraisable.exc_value, Terminated) and os.getpid() == _installer_pid:
+        _swallowed = True
+        # A moment later, from another thread: sent from here, the handler would run at once, inside the hook.
+        resend = threading.Timer(0.05, os.kill, args=(os.getpid(), signal.SIGTERM))
+        resend.daemon = True
+        resend.start()
+        return
     log.debug("while stopping: %s in %r", unraisable.exc_value, unraisable.object)
 
 
@@ -115,7 +131,10 @@ def _on_sigterm(signum, frame) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
-    if _received:
+    global _swallowed
+    if _swallowed:
+        _swallowed = False
+    elif _received:
         return  # already stopping: a second signal must not interrupt the clean-up
     _note_sigterm()
     _forward_to_ddp_processes(signum)
@@ -125,12 +144,29 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated("terminated by SIGTERM")
 
 
+def install_sigterm_handler() -> None:
+    """Route SIGTERM to :class:`Terminated` in this process (main thread only, as Python requires)."""
+    global _installer_pid
+    _installer_pid = os.getpid()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    # Lightning wraps this handler in one that first logs "Received SIGTERM" from inside the signal
+    # handler: when the main thread is writing to the same stream, or forking, that write fails and
+    # logging prints a traceback of its own. The one line the CLI prints says the same thing.
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
+
+
+def die_of_sigpipe() -> None:
+    """Let SIGPIPE end this process, as it ends ``cat``: for commands that only print through a
+    library (Hydra's ``--cfg``, ``--info``) that would print a BrokenPipeError's traceback itself."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
 def ddp_processes_started_here() -> list:
     """The other processes of a DDP run that Lightning started from this one (psutil.Process objects).
 
     Lightning starts them by running the command line again with ``LOCAL_RANK`` ≥ 1 in their
-    environment; DataLoader workers and forked exports are forks of this process and carry the
-    environment it was started with, so they are not among them.
+    environment; DataLoader workers are forks of this process and carry the environment it was
+    started with, so they are not among them.
     """
     if os.environ.get("LOCAL_RANK", "0") not in ("", "0"):
         return []  # one of those processes itself: the launching one owns the others
@@ -148,6 +184,12 @@ def ddp_processes_started_here() -> list:
         except psutil.Error:
             continue  # gone already, or not ours to read
     return found
+
+
+def other_ddp_process() -> bool:
+    """True in the processes Lightning's ``ddp`` strategy started besides the first (it sets their rank):
+    the first one alone reports the run."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK"))
 
 
 def _forward_to_ddp_processes(signum: int) -> None:
@@ -199,82 +241,6 @@ def keep_sigterm_from_lightning() -> None:
     _SignalConnector._sigterm_notifier_fn = _lightning_sigterm_notifier
 
 
-#: What a command whose reader went away (``quadra-ad … | head``) exits with: 128 + SIGPIPE, as
-#: shells report a process that signal ended.
-EXIT_BROKEN_PIPE = 141
-
-
-class OutputClosed(BrokenPipeError):
-    """The command's output has no reader any more (``quadra-ad … | head``): the run was stopped."""
-
-
-def ended_by_closed_output(error: BaseException) -> bool:
-    """True for the SystemExit with which rich (Lightning's progress bar and summaries) answers a
-    closed stdout, after pointing stdout at /dev/null (``Console.on_broken_pipe``)."""
-    import traceback
-
-    return isinstance(error, SystemExit) and any(
-        frame.f_code.co_name == "on_broken_pipe" for frame, _ in traceback.walk_tb(error.__traceback__))
-
-
-def _reader_gone(stream) -> bool:
-    """True when ``stream`` writes into a pipe whose reading end was closed."""
-    import select
-
-    try:
-        poller = select.poll()
-        poller.register(stream.fileno(), 0)  # POLLERR is reported whatever the mask: the reader has gone
-        return any(events & select.POLLERR for _, events in poller.poll(0))
-    except (AttributeError, ValueError, OSError):
-        return False  # not a real file (captured by a test, closed)
-
-
-def output_reader_gone() -> bool:
-    """True when stdout or stderr writes into a pipe whose reading end was closed."""
-    return _reader_gone(sys.stdout) or _reader_gone(sys.stderr)
-
-
-def _silence_outputs_without_reader() -> None:
-    """Point stdout and stderr at /dev/null where their reader has gone, so that nothing, not even
-    the interpreter's last flush, writes to them again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        if _reader_gone(stream):
-            os.dup2(devnull, stream.fileno())
-    os.close(devnull)
-
-
-def end_for_broken_pipe() -> NoReturn:
-    """End the command quietly once its reader has gone, as ``SIGPIPE`` ends ``yes | head``."""
-    _silence_outputs_without_reader()
-    sys.exit(EXIT_BROKEN_PIPE)
-
-
-@contextmanager
-def quiet_broken_pipe() -> Iterator[None]:
-    """Within the block, a write to an output whose reader has gone ends the command quietly
-    (exit 141) instead of a BrokenPipeError traceback. Other broken pipes (a DataLoader worker's,
-    a server's) are errors as before."""
-    try:
-        yield
-        sys.stdout.flush()  # what is still buffered, while a broken pipe can still end quietly
-    except BrokenPipeError as error:
-        if not (isinstance(error, OutputClosed) or output_reader_gone()):
-            raise
-        end_for_broken_pipe()
-
-
-def install_sigterm_handler() -> None:
-    """Route SIGTERM to :class:`Terminated` in this process (main thread only, as Python requires)."""
-    global _installer_pid
-    _installer_pid = os.getpid()
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    # Lightning wraps this handler in one that first logs "Received SIGTERM" from inside the signal
-    # handler: when the main thread is writing to the same stream, or forking, that write fails and
-    # logging prints a traceback of its own. The one line the CLI prints says the same thing.
-    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
-
-
 def release_logging_lock_left_by_interrupt() -> None:
     """Release the logging module's lock if this thread still holds it.
 
@@ -284,8 +250,6 @@ def release_logging_lock_left_by_interrupt() -> None:
     waits on it forever (MLflow's system-metrics thread did). Called where an interrupt is
     handled, outside any logging call: holding the lock there can only be such a leftover.
     """
-    import logging
-
     lock = getattr(logging, "_lock", None)
     owned = getattr(lock, "_is_owned", None)
     while owned is not None and owned():
