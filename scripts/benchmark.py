@@ -96,7 +96,7 @@ def disk_written_mb(before: dict, after: dict) -> float:
 
 # -- child: plain anomalib -------------------------------------------------------------------
 def child_engine(model: str, data: Path, size: int, seed: int, workdir: Path, result: Path) -> None:
-    import anomalib.engine
+    import anomalib.engine  # imports are not part of any step, on either side
     import anomalib.models  # noqa: F401 - imported before timing, as the engine would
 
     from quadra_ad.testing.engine_parity import engine_setup, raw_score_auroc

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(error))
     except ConnectionError as error:
         return _fail(f"{error}: start the server or fix --tracking-uri")
-    except Exception as error:
+    except Exception as error:  # a store MLflow cannot read: one line, not its traceback
         if database is None:
             raise
         return _fail(f"'{database}' is not a readable MLflow store ({first_line(error, typed=True)}); pass "

@@ -59,7 +59,7 @@ class SweepSummary(Callback):
             from quadra_ad.tracking.sweep_parent import log_sweep_parent
 
             parent = log_sweep_parent(sweep_dir, jobs, files)
-        except Exception as error:
+        except Exception as error:  # the jobs and the report on disk are what matter
             log.debug("sweep parent run not logged", exc_info=True)
             outcome.tracking_error = first_line(error, typed=True)
             return

@@ -140,7 +140,7 @@ def _check_entry(albumentations, entry: Any, where: str) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             instantiate(entry)
-    except Exception as error:
+    except Exception as error:  # whatever the constructor refuses, the value is at fault
         cause = error
         while cause.__cause__ is not None:
             cause = cause.__cause__

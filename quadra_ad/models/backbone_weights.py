@@ -115,7 +115,7 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
         loaded: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except ConfigError:
         raise
-    except Exception as error:
+    except Exception as error:  # a file torch cannot read is the user's file at fault
         raise ConfigError(f"{KEY} '{path}' cannot be loaded as {WHAT_IT_TAKES} ({first_line(error)})") from error
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):

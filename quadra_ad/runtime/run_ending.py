@@ -137,7 +137,7 @@ def ending_the_run(*, record: Callable[[Ending], None] | None = None,
     ending = Ending()
     try:
         yield ending
-    except BaseException as error:
+    except BaseException as error:  # sorted by how_it_ended; what it does not know is raised on untouched
         found = how_it_ended(error, explain, inside_task=not exits)
         if found is None:
             raise
@@ -160,7 +160,7 @@ def _record(record: Callable[[Ending], None], ending: Ending) -> None:
             ending.status, ending.exit_code, ending.error = KILLED, EXIT_TERMINATED, Terminated("terminated by SIGTERM")
         try:
             record(ending)
-        except Exception:
+        except Exception:  # the original error is the one the user must see
             log.warning("could not log the %s run", ending.status, exc_info=True)
 
 

@@ -150,7 +150,7 @@ class Task:
 
         try:
             self._running_record = save_running_record(self.config, self.output_dir, self.tracking_tags())
-        except Exception:
+        except Exception:  # a record is a safety net, never a reason to stop
             log.debug("could not save the RUNNING run record", exc_info=True)
 
     def _open_live_run(self) -> None:

@@ -215,7 +215,7 @@ def _log_record(record: RunRecord, run_dir: Path, record_path: Path | None):
             model=_model_to_log(record, run_dir),
             live_run_id=record.live_run_id,
         )
-    except Exception as error:
+    except Exception as error:  # tracking must never lose a finished run
         log.debug("tracking failure", exc_info=True)
         raise TrackingFailed(
             f"MLflow tracking failed ({first_line(error, typed=True)}); all outputs are safe in "
